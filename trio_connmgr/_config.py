@@ -1,0 +1,175 @@
+"""Limits, quotas and grants: the numbers users configure, and their validation."""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any, final
+
+import attrs
+
+from ._errors import ConfigError
+
+
+def check_count(field: str, value: object, *, allow_zero: bool = False) -> int:
+    """Return ``value`` if it is a non-negative (or positive) int, else raise ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{field} must be an integer, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise ConfigError(f"{field} must be {kind} integer, got {value!r}")
+    return value
+
+
+def check_period(field: str, value: object, *, allow_zero: bool = True) -> float:
+    """Return ``value`` as a float if it is a finite non-negative number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{field} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ConfigError(f"{field} must be a finite, {kind} number of seconds, got {value!r}")
+    return float(value)
+
+
+def check_fraction(field: str, value: object) -> float:
+    """Return ``value`` as a float if it is a finite number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{field} must be a number in [0, 1], got {value!r}")
+    if not (0.0 <= value <= 1.0):  # also rejects NaN
+        raise ConfigError(f"{field} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_positive_float(field: str, value: object) -> float:
+    """Return ``value`` as a float if it is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{field} must be a positive number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{field} must be a finite, positive number, got {value!r}")
+    return float(value)
+
+
+@final
+class Direction(enum.Enum):
+    """Which side opened a connection or stream."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+    @classmethod
+    def parse(cls, value: object, field: str = "direction") -> Direction:
+        """Accept a :class:`Direction` or its string value; raise ConfigError otherwise."""
+        if isinstance(value, Direction):
+            return value
+        if value == "inbound":
+            return cls.INBOUND
+        if value == "outbound":
+            return cls.OUTBOUND
+        raise ConfigError(f"{field} must be 'inbound' or 'outbound', got {value!r}")
+
+
+@final
+@attrs.frozen
+class Limits:
+    """Watermarks for the connection count.
+
+    Regulation starts when the count exceeds ``high`` and prunes down to ``low``;
+    ``hard`` (if set) is the inbound admission cap. ``0 < low <= high <= hard``.
+
+    Args:
+        low: Count a regulation round prunes down to.
+        high: Count above which a round runs. Also the global share ``G`` that
+            relative quotas resolve against.
+        hard: Inbound connections are refused at this count. ``None`` means no cap.
+    """
+
+    low: int
+    high: int
+    hard: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        check_count("Limits.low", self.low)
+        check_count("Limits.high", self.high)
+        if self.low > self.high:
+            raise ConfigError(
+                f"Limits.low must be <= Limits.high, got low={self.low!r}, high={self.high!r}"
+            )
+        if self.hard is not None:
+            check_count("Limits.hard", self.hard)
+            if self.hard < self.high:
+                raise ConfigError(
+                    f"Limits.hard must be >= Limits.high, got hard={self.hard!r}, "
+                    f"high={self.high!r}"
+                )
+
+    @classmethod
+    def auto(cls, **kwargs: Any) -> Limits:
+        """Infer limits from the environment (file descriptors and memory).
+
+        See :func:`trio_connmgr.sensing.auto_limits` for the formula and arguments.
+        """
+        from .sensing import auto_limits
+
+        return auto_limits(**kwargs)
+
+
+@final
+@attrs.frozen
+class Quota:
+    """What an enrollment asks for: a range of connections.
+
+    Use ``Quota(min, max)`` for absolute connection counts, or
+    :meth:`Quota.share` for fractions of the global share ``G``.
+
+    Attributes:
+        min: Connections reserved for the protocol (it is not pruned below this).
+        max: Ceiling above which the protocol is an *offender* in regulation.
+        relative: ``True`` when ``min``/``max`` are fractions of ``G``.
+    """
+
+    min: float
+    max: float
+    relative: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.relative:
+            check_fraction("Quota.min", self.min)
+            check_fraction("Quota.max", self.max)
+        else:
+            check_count("Quota.min", self.min, allow_zero=True)
+            check_count("Quota.max", self.max, allow_zero=True)
+        if self.min > self.max:
+            raise ConfigError(
+                f"Quota.min must be <= Quota.max, got min={self.min!r}, max={self.max!r}"
+            )
+
+    @classmethod
+    def share(cls, min: float, max: float) -> Quota:
+        """A quota as fractions in [0, 1] of the global share (``min <= max``)."""
+        return cls(min, max, relative=True)
+
+    def resolve(self, share: int) -> tuple[int, int]:
+        """Resolve against the global share: ``(min, max)`` in connections, before scaling.
+
+        Relative: ``min = ceil(fmin*G)``, ``max = max(min, floor(fmax*G))``; both
+        forms are capped at ``G``.
+        """
+        if self.relative:
+            lo = min(math.ceil(self.min * share), share)
+            hi = max(lo, min(math.floor(self.max * share), share))
+        else:
+            lo = min(int(self.min), share)
+            hi = max(lo, min(int(self.max), share))
+        return lo, hi
+
+
+@final
+@attrs.frozen
+class Grant:
+    """What the manager accepted for an enrollment, in connections.
+
+    Invariants: ``0 <= min <= max <= G`` and the sum of every grant's ``min`` is ``<= G``.
+    """
+
+    min: int
+    max: int

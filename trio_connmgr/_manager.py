@@ -1,0 +1,663 @@
+"""open_connection_manager and ConnectionManager: the Trio shell around the state.
+
+The manager owns one internal nursery holding the regulator, the lock timer,
+sensing (when enabled) and the closer tasks of pruned tracked connections.
+Everything that decides lives in ``_core``; this module applies decisions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from contextlib import asynccontextmanager
+from os import PathLike
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, final
+
+import attrs
+import trio
+
+from ._config import Direction, Limits, Quota, check_count, check_period, check_positive_float
+from ._core._events import AdmissionRefused
+from ._core._planner import Phase, exclusion, plan_now
+from ._core._scoring import RecencyScorer, tally
+from ._core._state import CLOSED, RELEASED, Connection, Scorer, State
+from ._core._stats import Statistics, snapshot
+from ._enrollment import Enrollment, parse_direction
+from ._errors import ConfigError, ConnectionRefused, ConnMgrError, ManagerClosed
+from ._events import EventHub, EventReceiver, TraceWriter
+from ._regulator import Regulator
+from .triggers import Trigger
+
+if TYPE_CHECKING:
+    from .admission import Admission
+    from .sensing import Sensing
+
+logger = logging.getLogger("trio_connmgr")
+
+CloseFn = Callable[[], Awaitable[object]]
+
+
+@final
+@attrs.frozen
+class Explanation:
+    """Why a connection is or is not prunable right now (:meth:`ConnectionManager.explain`).
+
+    Attributes:
+        connection_id: The connection's id.
+        prunable: Whether any round could prune it now.
+        would_prune: Whether a round run now (not forced) would prune it.
+        excluded_by: ``"closed"``, ``"protected"``, ``"locked"``, ``"grace"`` or ``None``.
+        protected_tags: Tags protecting its peer.
+        grace_until: Manager clock time its grace period ends.
+        locked_by: Protocols holding locks on it.
+        tally: Its tally now (``None`` if closed).
+        phase: The phase that would take it (``None`` if it would not be taken).
+        rank: Its position among the victims of a round run now (``None`` if not one).
+        min_blocked: Whether it is kept only to hold a protocol at its ``grant.min``.
+        text: The whole answer in one readable sentence (also ``str(explanation)``).
+    """
+
+    connection_id: int
+    prunable: bool
+    would_prune: bool
+    excluded_by: str | None
+    protected_tags: tuple[str, ...]
+    grace_until: float
+    locked_by: tuple[str, ...]
+    tally: float | None
+    phase: Phase | None
+    rank: int | None
+    min_blocked: bool
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@final
+class _ConnectionContext:
+    """``async with mgr.connection(...)``: see :meth:`ConnectionManager.connection`."""
+
+    __slots__ = ("_address", "_conn", "_direction", "_manager", "_peer", "_scope")
+
+    def __init__(
+        self, manager: ConnectionManager, peer: Hashable, direction: Direction, address: str | None
+    ) -> None:
+        self._manager = manager
+        self._peer = peer
+        self._direction = direction
+        self._address = address
+        self._conn: Connection | None = None
+        self._scope: trio.CancelScope | None = None
+
+    async def __aenter__(self) -> Connection:
+        await trio.lowlevel.checkpoint()
+        scope = trio.CancelScope()
+        conn = self._manager._admit(self._peer, self._direction, self._address, scope)
+        scope.__enter__()
+        self._conn = conn
+        self._scope = scope
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        conn = self._conn
+        scope = self._scope
+        assert conn is not None
+        assert scope is not None
+        if not conn.closed:
+            conn._scope = None
+            self._manager._state.close_connection(conn, CLOSED)
+        return scope.__exit__(exc_type, exc, tb)
+
+
+@final
+class _Closer:
+    """Attached to a tracked connection: when the state closes it, run ``close()``."""
+
+    __slots__ = ("_close", "_manager", "conn")
+
+    def __init__(self, manager: ConnectionManager, close: CloseFn) -> None:
+        self._manager = manager
+        self._close = close
+        self.conn: Connection | None = None
+
+    def cancel(self, reason: str | None = None) -> None:
+        conn = self.conn
+        if conn is not None and conn.close_reason == RELEASED:
+            return  # the transport ended it; nothing to close
+        self._manager._nursery.start_soon(self._run, reason)
+
+    async def _run(self, reason: str | None) -> None:
+        manager = self._manager
+        with trio.move_on_after(manager.close_timeout, shield=True) as scope:
+            try:
+                await self._close()
+            except Exception:
+                manager._close_errors += 1
+                logger.exception("close() of %r raised", self.conn)
+        if scope.cancelled_caught:
+            manager._close_timeouts += 1
+            logger.warning(
+                "close() of %r did not finish within %ss", self.conn, manager.close_timeout
+            )
+
+
+@final
+class ConnectionManager:
+    """A connection manager (from :func:`open_connection_manager`).
+
+    All methods are safe to call from any task of the Trio run that opened it.
+    Synchronous methods never block; async ones always checkpoint.
+    """
+
+    def __init__(
+        self,
+        state: State,
+        nursery: trio.Nursery,
+        *,
+        triggers: Sequence[Trigger],
+        silence_period: float,
+        close_timeout: float,
+        max_round_failures: int,
+        failure_window: float,
+        admission: Admission | None,
+    ) -> None:
+        self._state = state
+        self._nursery = nursery
+        self.close_timeout = close_timeout
+        self._admission = admission
+        self._hub = EventHub(self._set_sink)
+        self._regulator = Regulator(
+            self,
+            triggers,
+            silence_period=silence_period,
+            max_failures=max_round_failures,
+            failure_window=failure_window,
+        )
+        self._open_hooks = self._regulator.open_hooks
+        self._timer: trio.CancelScope | None = None
+        self._services: trio.Nursery | None = None
+        self._fatal: ConnMgrError | None = None
+        self._close_errors = 0
+        self._close_timeouts = 0
+        self._sensing: Sensing | None = None
+        self._sensor_readings: dict[str, dict[str, float]] = {}
+
+    # -------------------------------------------------------------- internals
+
+    def _set_sink(self, sink: Callable[[Any], None] | None) -> None:
+        self._state.sink = sink
+
+    def _check_open(self) -> None:
+        if self._state.closed:
+            raise ManagerClosed("the connection manager is closed")
+
+    def _refuse(
+        self, reason: str, detail: str, peer: Hashable, direction: Direction, address: str | None
+    ) -> ConnectionRefused:
+        state = self._state
+        state.refusals[reason] = state.refusals.get(reason, 0) + 1
+        if state.sink is not None:
+            state.sink(
+                AdmissionRefused(
+                    trio.current_time(), str(peer), direction.value, address, reason, detail
+                )
+            )
+        return ConnectionRefused(reason, detail)
+
+    def _admit(
+        self, peer: Hashable, direction: Direction, address: str | None, scope: Any
+    ) -> Connection:
+        """Admission, then counting: the common half of connection() and track()."""
+        state = self._state
+        if state.closed:
+            raise ManagerClosed("the connection manager is closed")
+        if direction is Direction.INBOUND:
+            if self._admission is not None:
+                self._admission.admit(self, peer, address)
+            elif state.hard is not None and state.count >= state.hard:
+                raise self._refuse(
+                    "hard",
+                    f"inbound connection refused: count {state.count} is at hard={state.hard}",
+                    peer,
+                    direction,
+                    address,
+                )
+        conn = state.open_connection(peer, direction, address, scope)
+        wake = state.count > state.high
+        if self._open_hooks:
+            now = conn.opened_at
+            for trigger in self._open_hooks:
+                if trigger.connection_opened(now):
+                    wake = True
+        if wake:
+            self._regulator.poke()
+        return conn
+
+    def _wake_if_above_high(self) -> None:
+        if self._state.count > self._state.high:
+            self._regulator.poke()
+
+    def _lock_deadline(self, expires_at: float) -> None:
+        timer = self._timer
+        if timer is not None and expires_at < timer.deadline:
+            timer.deadline = expires_at
+
+    def _prune(self, conn: Connection, reason: Any) -> bool:
+        """Prune ``conn`` now with ``reason`` (a PruneReason): cancel its scope, close
+        its streams. Returns False if it was already closed."""
+        return self._state.close_connection(conn, "pruned", reason)
+
+    def _fail(self, error: ConnMgrError) -> None:
+        """A service failed for good: stop the manager and raise ``error`` from it."""
+        if self._fatal is None:
+            self._fatal = error
+        if self._services is not None:
+            self._services.cancel_scope.cancel()
+
+    async def _run_lock_timer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        state = self._state
+        task_status.started()
+        while True:
+            with trio.CancelScope(deadline=state.next_lock_expiry()) as timer:
+                self._timer = timer
+                await trio.sleep_forever()
+            self._timer = None
+            if state.expire_locks(trio.current_time()):
+                self._wake_if_above_high()
+
+    def _close(self) -> None:
+        """Close everything synchronously: enrollments' tasks, connections, events."""
+        state = self._state
+        if state.closed:
+            return
+        state.closed = True
+        for member in list(state.members.values()):
+            assert isinstance(member, Enrollment)
+            if member._nursery is not None:
+                member._nursery.cancel_scope.cancel("connection manager closed")
+            state.leave(member)
+        state.close()
+        self._hub.close()
+
+    # ------------------------------------------------------------ connections
+
+    def connection(
+        self,
+        peer: Hashable,
+        *,
+        direction: Direction | str,
+        address: str | None = None,
+    ) -> _ConnectionContext:
+        """Count a connection for the duration of an ``async with`` block.
+
+        Entering checkpoints, then runs admission (raising
+        :class:`ConnectionRefused`) and yields the :class:`Connection`. The body
+        runs inside the connection's cancel scope: pruning cancels it (quietly:
+        the block then exits without an exception; ``conn.close_reason`` says
+        why). Exiting never blocks.
+        """
+        return _ConnectionContext(self, peer, parse_direction(direction), address)
+
+    def track(
+        self,
+        peer: Hashable,
+        *,
+        direction: Direction | str,
+        address: str | None = None,
+        close: CloseFn,
+    ) -> Connection:
+        """Count a connection whose lifetime a transport owns. Synchronous.
+
+        When the manager prunes it (or closes), it awaits ``close()`` exactly once
+        in a task of its own, shielded and cut off after ``close_timeout``. The
+        transport calls ``conn.release()`` when the connection ends by itself
+        (``close()`` is then not called). Raises :class:`ConnectionRefused` on
+        admission failure.
+        """
+        if not callable(close):
+            raise ConfigError(f"track close must be an async callable, got {close!r}")
+        closer = _Closer(self, close)
+        conn = self._admit(peer, parse_direction(direction), address, closer)
+        closer.conn = conn
+        return conn
+
+    @property
+    def connections(self) -> tuple[Connection, ...]:
+        """The connections counted now (a new tuple each call)."""
+        return tuple(self._state.connections.values())
+
+    @property
+    def limits(self) -> Limits:
+        """The effective limits now (``high`` is the global share)."""
+        state = self._state
+        return Limits(state.low, state.high, state.hard)
+
+    # ------------------------------------------------------------- enrollment
+
+    @asynccontextmanager
+    async def enroll(
+        self,
+        name: str,
+        *,
+        quota: Quota,
+        scorer: Scorer | None = None,
+        weight: float = 1.0,
+        strict: bool = False,
+        on_grant: Callable[[Any], object] | None = None,
+    ) -> AsyncIterator[Enrollment]:
+        """Enrol a protocol for the duration of an ``async with`` block.
+
+        Yields an :class:`Enrollment` whose nursery runs the protocol's tasks.
+        Leaving the block cancels those tasks, closes the protocol's streams and
+        returns its quota. A task that crashes cancels the block and its error
+        propagates out of it (as an exception group, like a nursery's).
+
+        Raises:
+            ConfigError: empty or duplicate ``name``, bad ``quota``, ``weight`` or ``scorer``.
+            QuotaDenied: ``strict=True`` and the min cannot be granted in full.
+            ManagerClosed: the manager is closed.
+        """
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"enroll name must be a non-empty string, got {name!r}")
+        if not isinstance(quota, Quota):
+            raise ConfigError(f"enroll quota must be a Quota, got {quota!r}")
+        weight = check_positive_float("enroll weight", weight)
+        if scorer is None:
+            scorer = RecencyScorer()
+        elif not callable(scorer):
+            raise ConfigError(f"enroll scorer must be callable, got {scorer!r}")
+        if on_grant is not None and not callable(on_grant):
+            raise ConfigError(f"enroll on_grant must be callable, got {on_grant!r}")
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        state = self._state
+        enrollment = Enrollment(
+            name, quota, scorer, weight, bool(strict), state, manager=self, on_grant=on_grant
+        )
+        state.enrol(enrollment)
+        body_error: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                enrollment._nursery = nursery
+                try:
+                    yield enrollment
+                except trio.Cancelled:
+                    raise
+                except BaseException as exc:
+                    # The body's own error leaves unwrapped, after the tasks stop.
+                    body_error = exc
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            enrollment._nursery = None
+            state.leave(enrollment)
+            self._wake_if_above_high()
+        if body_error is not None:
+            raise body_error
+
+    # ---------------------------------------------------------- protection
+
+    def protect(self, peer: Hashable, tag: str) -> None:
+        """Never prune connections of ``peer`` while it has at least one tag."""
+        if not isinstance(tag, str) or not tag:
+            raise ConfigError(f"protect tag must be a non-empty string, got {tag!r}")
+        try:
+            hash(peer)
+        except TypeError:
+            raise ConfigError(f"protect peer must be hashable, got {peer!r}") from None
+        self._state.protect(peer, tag)
+
+    def unprotect(self, peer: Hashable, tag: str) -> bool:
+        """Remove ``tag`` from ``peer``; return whether it is still protected by another."""
+        return self._state.unprotect(peer, tag)
+
+    def is_protected(self, peer: Hashable) -> bool:
+        """Whether ``peer`` has at least one protection tag."""
+        return peer in self._state.protected
+
+    # ------------------------------------------------------------ regulation
+
+    def report_dial(self, peer: Hashable, *, ok: bool, latency: float | None = None) -> None:
+        """Report a dial's outcome (adapters call it); feeds triggers and sensing."""
+        if latency is not None:
+            latency = check_period("report_dial latency", latency)
+        now = trio.current_time()
+        wake = False
+        for trigger in self._regulator.dial_hooks:
+            if trigger.dial_reported(bool(ok), latency, now):
+                wake = True
+        if self._sensing is not None:
+            self._sensing.dial_reported(bool(ok), latency, now)
+        if wake:
+            self._regulator.poke()
+
+    async def trim(self, *, force: bool = False) -> list[Connection]:
+        """Run one regulation round now; return the connections it pruned.
+
+        With ``force=True`` the round may revoke locks (lowest tally first) and
+        take protocols below their ``grant.min`` when nothing else is left.
+        """
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        return await self._regulator.run_round("force" if force else "trim", forced=bool(force))
+
+    # --------------------------------------------------------- observability
+
+    def statistics(self) -> Statistics:
+        """A frozen snapshot of counts, limits, protocols, rounds and refusals."""
+        return snapshot(
+            self._state,
+            close_errors=self._close_errors,
+            close_timeouts=self._close_timeouts,
+            sensors={k: dict(v) for k, v in self._sensor_readings.items()},
+            events_emitted=self._hub.emitted,
+            events_dropped=self._hub.dropped,
+        )
+
+    @asynccontextmanager
+    async def subscribe(self, buffer: int = 1024) -> AsyncIterator[EventReceiver]:
+        """Receive events for the duration of an ``async with`` block.
+
+        Yields a receive channel of frozen events. Its buffer holds ``buffer``
+        events; when full, the oldest is dropped and counted, so a slow subscriber
+        never blocks the manager. Entering checkpoints; exiting never blocks.
+        """
+        receiver = self._hub.subscribe(buffer)
+        try:
+            await trio.lowlevel.checkpoint()
+            yield receiver
+        finally:
+            receiver.close()
+
+    def explain(self, conn: Connection) -> Explanation:
+        """Would ``conn`` be pruned by a round run now, and why or why not."""
+        state = self._state
+        now = trio.current_time()
+        why = exclusion(state, conn, now)
+        tags = tuple(sorted(state.protected.get(conn.peer, ())))
+        grace_until = conn.opened_at + state.grace_period
+        locked_by = tuple(sorted({lock._member.name for lock in conn._locks}))
+        value = None if conn.closed else tally(conn)
+        phase = rank = None
+        min_blocked = False
+        if why is None:
+            plan = plan_now(state, now, trigger="explain")
+            for victim in plan.victims:
+                if victim.connection is conn:
+                    phase, rank = victim.reason.phase, victim.reason.rank
+                    break
+            min_blocked = any(c is conn for c in plan.min_blocked)
+        if why == "closed":
+            text = f"connection #{conn.id} is closed ({conn.close_reason})"
+        elif why == "protected":
+            text = f"connection #{conn.id} is safe: peer {conn.peer!r} is protected by {tags}"
+        elif why == "locked":
+            text = f"connection #{conn.id} is safe: locked by {', '.join(locked_by)}"
+        elif why == "grace":
+            text = f"connection #{conn.id} is safe: in its grace period until t={grace_until:.3f}"
+        elif rank is not None:
+            assert phase is not None
+            text = (
+                f"connection #{conn.id} would be pruned now: victim {rank} of the "
+                f"{phase.value} phase (tally {value:.3f}, count {state.count} > low {state.low})"
+            )
+        elif min_blocked:
+            text = (
+                f"connection #{conn.id} is kept: pruning it would take "
+                f"{', '.join(conn.protocols)} below grant.min"
+            )
+        elif state.count <= state.low:
+            text = (
+                f"connection #{conn.id} is prunable (tally {value:.3f}) but the count "
+                f"{state.count} is at or below low={state.low}"
+            )
+        else:
+            text = (
+                f"connection #{conn.id} is prunable (tally {value:.3f}) but ranks below "
+                f"the {state.count - state.low} victims a round would take now"
+            )
+        return Explanation(
+            conn.id,
+            why is None,
+            rank is not None,
+            why,
+            tags,
+            grace_until,
+            locked_by,
+            value,
+            phase,
+            rank,
+            min_blocked,
+            text,
+        )
+
+
+@asynccontextmanager
+async def open_connection_manager(
+    *,
+    limits: Limits,
+    grace_period: float = 30.0,
+    silence_period: float = 10.0,
+    triggers: Sequence[Trigger] | None = None,
+    sensing: Sensing | None = None,
+    admission: Admission | None = None,
+    burst_linger: float = 30.0,
+    max_lock_ttl: float = 300.0,
+    lock_budget: int | None = None,
+    close_timeout: float = 10.0,
+    max_round_failures: int = 5,
+    failure_window: float = 60.0,
+    trace: str | PathLike[str] | IO[str] | None = None,
+) -> AsyncIterator[ConnectionManager]:
+    """Open a connection manager for the duration of an ``async with`` block.
+
+    Args:
+        limits: The watermarks (:class:`Limits`).
+        grace_period: Seconds a new connection is never pruned.
+        silence_period: Minimum seconds between rounds (emergencies excepted).
+        triggers: Extra :mod:`trio_connmgr.triggers`; :class:`HighWater` is always on.
+        sensing: A :class:`Sensing` controller moving the global share.
+        admission: An :class:`Admission` policy for inbound connections.
+        burst_linger: Seconds a closed burst's connections stay first in line.
+        max_lock_ttl: Cap on every lock's ttl.
+        lock_budget: Maximum locked connections (default: half of ``low``).
+        close_timeout: Seconds a tracked connection's ``close()`` may take.
+        max_round_failures: More failed rounds than this within ``failure_window``
+            seconds stop the manager with :class:`ConnMgrError`.
+        failure_window: See ``max_round_failures``.
+        trace: A path or text file to write every event to as JSON lines.
+
+    Entering starts the regulator (it checkpoints). Leaving closes every
+    connection (awaiting tracked ``close()`` callbacks, bounded by
+    ``close_timeout``) and every enrollment, and leaves no task behind.
+
+    Raises:
+        ConfigError: a bad argument (the message names it and its value).
+    """
+    if not isinstance(limits, Limits):
+        raise ConfigError(f"limits must be a Limits, got {limits!r}")
+    grace_period = check_period("grace_period", grace_period)
+    silence_period = check_period("silence_period", silence_period)
+    burst_linger = check_period("burst_linger", burst_linger)
+    max_lock_ttl = check_positive_float("max_lock_ttl", max_lock_ttl)
+    close_timeout = check_positive_float("close_timeout", close_timeout)
+    failure_window = check_positive_float("failure_window", failure_window)
+    max_round_failures = check_count("max_round_failures", max_round_failures, allow_zero=True)
+    if lock_budget is not None:
+        lock_budget = check_count("lock_budget", lock_budget, allow_zero=True)
+    triggers = list(triggers or ())
+    for trigger in triggers:
+        if not isinstance(trigger, Trigger):
+            raise ConfigError(f"triggers must be Trigger instances, got {trigger!r}")
+    trace_file: IO[str] | None = None
+    owns_trace = False
+    if trace is not None:
+        if isinstance(trace, str | PathLike):
+            trace_file = open(trace, "w", encoding="utf-8")  # noqa: SIM115, ASYNC230
+            owns_trace = True
+        else:
+            trace_file = trace
+
+    state = State(
+        limits,
+        clock=trio.current_time,
+        grace_period=grace_period,
+        burst_linger=burst_linger,
+        max_lock_ttl=max_lock_ttl,
+        lock_budget=lock_budget,
+    )
+    body_error: BaseException | None = None
+    manager: ConnectionManager | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            manager = ConnectionManager(
+                state,
+                nursery,
+                triggers=triggers,
+                silence_period=silence_period,
+                close_timeout=close_timeout,
+                max_round_failures=max_round_failures,
+                failure_window=failure_window,
+                admission=admission,
+            )
+            if trace_file is not None:
+                manager._hub.add_writer(TraceWriter(trace_file))
+            try:
+                async with trio.open_nursery() as services:
+                    manager._services = services
+                    await services.start(manager._regulator.run)
+                    await services.start(manager._run_lock_timer)
+                    if sensing is not None:
+                        await sensing._attach(manager, services)
+                    try:
+                        yield manager
+                    except trio.Cancelled:
+                        raise
+                    except BaseException as exc:
+                        # The body's own error leaves unwrapped, after cleanup.
+                        body_error = exc
+                    finally:
+                        services.cancel_scope.cancel()
+            finally:
+                # Closing spawns closer tasks for tracked connections in `nursery`,
+                # which waits for them (each shielded and bounded by close_timeout).
+                manager._close()
+    finally:
+        state.closed = True
+        if trace_file is not None:
+            trace_file.flush()
+            if owns_trace:
+                trace_file.close()
+    if manager is not None and manager._fatal is not None:
+        raise manager._fatal
+    if body_error is not None:
+        raise body_error

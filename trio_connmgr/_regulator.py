@@ -1,0 +1,292 @@
+"""The supervised regulator: sleeps until a trigger fires, then runs a round (SPEC §8).
+
+Decisions come from the ground floor (:func:`plan_round`, the triggers); this
+module owns only the task, its sleep, the checkpoints between chunks, and the
+cancellation of victims' scopes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Generator, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+import trio
+
+from ._core._planner import Plan, exclusion, plan_round
+from ._core._scoring import tally
+from ._core._state import PRUNED, Connection, State
+from ._errors import ConnMgrError
+from .triggers import HighWater, Trigger, TriggerView
+
+if TYPE_CHECKING:
+    from ._manager import ConnectionManager
+
+logger = logging.getLogger("trio_connmgr.regulator")
+
+T = TypeVar("T")
+
+APPLY_CHUNK = 256
+"""Victims whose scopes are cancelled between two checkpoints."""
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 30.0
+IDLE_RETRY = 1.0
+"""After a round that could not reach its target, wait at least this long (or for a
+poke) before trying again, so unprunable connections cannot make it spin."""
+
+
+async def drive(gen: Generator[None, None, T]) -> T:
+    """Run a planning generator, checkpointing between its chunks."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        await trio.lowlevel.checkpoint()
+
+
+def lock_revocations(state: State, now: float, wanted: int) -> list[Connection]:
+    """Locked connections whose locks to revoke, lowest tally first.
+
+    Only connections that revocation would make prunable (not protected, not in
+    grace) are considered.
+    """
+    locked = [
+        conn
+        for conn in state.connections.values()
+        if conn._locks
+        and conn.peer not in state.protected
+        and now - conn.opened_at >= state.grace_period
+    ]
+    locked.sort(key=lambda conn: (tally(conn), conn.id))
+    return locked[:wanted]
+
+
+class Regulator:
+    """Owns the regulation task and the rounds (one at a time).
+
+    Args:
+        manager: The manager it regulates.
+        triggers: Triggers to evaluate; :class:`HighWater` is added if missing.
+        silence_period: Minimum seconds between rounds (emergencies excepted).
+        max_failures: More failed rounds than this within ``failure_window``
+            seconds stop the manager with a :class:`ConnMgrError`.
+        failure_window: See ``max_failures``.
+    """
+
+    def __init__(
+        self,
+        manager: ConnectionManager,
+        triggers: Sequence[Trigger],
+        *,
+        silence_period: float,
+        max_failures: int,
+        failure_window: float,
+    ) -> None:
+        self._manager = manager
+        self._state = manager._state
+        triggers = list(triggers)
+        if not any(isinstance(t, HighWater) for t in triggers):
+            triggers.insert(0, HighWater())
+        self.triggers: tuple[Trigger, ...] = tuple(triggers)
+        # Only triggers that override a hook are called on the hot paths.
+        self.open_hooks = tuple(
+            t for t in self.triggers if type(t).connection_opened is not Trigger.connection_opened
+        )
+        self.dial_hooks = tuple(
+            t for t in self.triggers if type(t).dial_reported is not Trigger.dial_reported
+        )
+        self.silence_period = silence_period
+        self.max_failures = max_failures
+        self.failure_window = failure_window
+        self.pressure = False
+        self._round_lock = trio.Lock()
+        self._sleep: trio.CancelScope | None = None
+        self._poked = False
+        self._last_round_end = -math.inf
+        self._stuck_until = -math.inf
+
+    # ----------------------------------------------------------------- waking
+
+    def poke(self) -> None:
+        """Ask the regulator to re-evaluate its triggers now. Cheap, synchronous."""
+        if not self._poked:
+            self._poked = True
+            if self._sleep is not None:
+                self._sleep.cancel()
+
+    def _view(self) -> TriggerView:
+        state = self._state
+        return TriggerView(state.count, state.low, state.high, state.hard)
+
+    def emergency(self) -> bool:
+        """Count at ``hard`` or sensing pressure: rounds skip the silence period."""
+        hard = self._state.hard
+        return self.pressure or (hard is not None and self._state.count >= hard)
+
+    def _decide(self, now: float) -> tuple[str | None, float]:
+        """(trigger that fires now or None, when to wake up otherwise)."""
+        view = self._view()
+        for trigger in self.triggers:
+            if trigger.check(view, now):
+                return trigger.name, now
+        if self.emergency() and view.count > view.low:
+            return "pressure" if self.pressure else "hard", now
+        wake = min((t.next_check(now) for t in self.triggers), default=math.inf)
+        return None, wake
+
+    async def _sleep_until(self, deadline: float) -> None:
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._sleep = scope
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._sleep = None
+
+    # ------------------------------------------------------------------- task
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The supervised regulator task: restarts after failures, with back-off."""
+        task_status.started()
+        failures: deque[float] = deque()
+        while True:
+            try:
+                await self._loop()
+            except Exception as exc:
+                now = trio.current_time()
+                failures.append(now)
+                while failures and now - failures[0] > self.failure_window:
+                    failures.popleft()
+                self._state.rounds.failures += 1
+                logger.exception(
+                    "regulation round failed (%d within %ss)", len(failures), self.failure_window
+                )
+                if len(failures) > self.max_failures:
+                    error = ConnMgrError(
+                        f"the regulator failed {len(failures)} times within "
+                        f"{self.failure_window}s; the connection manager stops"
+                    )
+                    error.__cause__ = exc
+                    self._manager._fail(error)
+                    return
+                await trio.sleep(min(BACKOFF_BASE * 2 ** (len(failures) - 1), BACKOFF_MAX))
+
+    async def _loop(self) -> None:
+        while True:
+            self._poked = False
+            now = trio.current_time()
+            self._state.forget_bursts(now)
+            name, wake = self._decide(now)
+            if name is None:
+                await self._sleep_until(wake)
+                continue
+            emergency = self.emergency()
+            not_before = self._last_round_end + self.silence_period
+            if self._stuck_until > now:
+                not_before = max(not_before, self._stuck_until)
+            elif emergency:
+                not_before = now
+            if now < not_before:
+                await self._sleep_until(not_before)
+                continue
+            await self.run_round(name, forced=False, emergency=emergency)
+
+    # ------------------------------------------------------------------ round
+
+    async def run_round(
+        self, trigger: str, *, forced: bool, emergency: bool = False
+    ) -> list[Connection]:
+        """Plan and apply one round; return the connections it pruned."""
+        async with self._round_lock:
+            state = self._state
+            started = time.perf_counter()
+            now = trio.current_time()
+            state.expire_locks(now)
+            count_before = state.count
+            plan: Plan = await drive(plan_round(state, now, trigger=trigger, forced=forced))
+            revoked = 0
+            if plan.shortfall and (forced or emergency or self.pressure):
+                for conn in lock_revocations(state, now, plan.shortfall):
+                    for lock in list(conn._locks):
+                        revoked += state.end_lock(lock, "revoked")
+                if revoked:
+                    plan = await drive(plan_round(state, now, trigger=trigger, forced=forced))
+            pruned: list[Connection] = []
+            by_phase: dict[str, int] = {}
+            for i, victim in enumerate(plan.victims):
+                if i % APPLY_CHUNK == APPLY_CHUNK - 1:
+                    await trio.lowlevel.checkpoint()
+                conn = victim.connection
+                # Checkpoints above let other tasks run: a victim may have closed,
+                # been locked or protected since planning.
+                if exclusion(state, conn, now) is not None:
+                    continue
+                state.close_connection(conn, PRUNED, victim.reason)
+                pruned.append(conn)
+                phase = victim.reason.phase.value
+                by_phase[phase] = by_phase.get(phase, 0) + 1
+                logger.debug("pruned %r: %s", conn, victim.reason)
+            end = trio.current_time()
+            duration = time.perf_counter() - started
+            self._record(trigger, forced, count_before, pruned, by_phase, duration, revoked, end)
+            self._stuck_until = (
+                end + max(self.silence_period, IDLE_RETRY) if plan.shortfall else -math.inf
+            )
+            return pruned
+
+    def _record(
+        self,
+        trigger: str,
+        forced: bool,
+        count_before: int,
+        pruned: list[Connection],
+        by_phase: dict[str, int],
+        duration: float,
+        revoked: int,
+        now: float,
+    ) -> None:
+        state = self._state
+        rounds = state.rounds
+        rounds.count += 1
+        rounds.last_trigger = trigger
+        rounds.last_duration = duration
+        rounds.last_victims = len(pruned)
+        rounds.last_at = now
+        for phase, n in by_phase.items():
+            rounds.victims_by_phase[phase] = rounds.victims_by_phase.get(phase, 0) + n
+        self._last_round_end = now
+        for t in self.triggers:
+            t.round_completed(now)
+        logger.info(
+            "round %d (%s%s): %d -> %d connections, %d pruned %s, %d locks revoked, %.1f ms",
+            rounds.count,
+            trigger,
+            ", forced" if forced else "",
+            count_before,
+            state.count,
+            len(pruned),
+            by_phase,
+            revoked,
+            duration * 1e3,
+        )
+        if state.sink is not None:
+            from ._core._events import RoundCompleted
+
+            state.sink(
+                RoundCompleted(
+                    now,
+                    rounds.count,
+                    trigger,
+                    forced,
+                    count_before,
+                    state.count,
+                    len(pruned),
+                    tuple(sorted(by_phase.items())),
+                    duration,
+                    revoked,
+                )
+            )

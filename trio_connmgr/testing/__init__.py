@@ -1,0 +1,1 @@
+"""Tools for testing protocols against trio_connmgr without a network."""

@@ -1,0 +1,219 @@
+"""Regulation triggers: what wakes the regulator to run a round (SPEC §8).
+
+A trigger is a small synchronous object. The manager feeds it observations
+(:meth:`Trigger.connection_opened`, :meth:`Trigger.dial_reported`) and, whenever
+the regulator wakes, asks :meth:`Trigger.check` whether a round should run now.
+:meth:`Trigger.next_check` tells the regulator when to wake up on its own (for
+time-based triggers), and :meth:`Trigger.round_completed` resets any latched
+state. Every method receives ``now`` from the manager's clock, so triggers are
+deterministic under ``trio.testing.MockClock``.
+
+:class:`HighWater` is always on; pass others to
+``open_connection_manager(triggers=[...])``. To write your own, subclass
+:class:`Trigger` and override what you need::
+
+    class EveryHundredOpens(Trigger):
+        name = "every-hundred"
+
+        def __init__(self) -> None:
+            self.opened = 0
+
+        def connection_opened(self, now: float) -> bool:
+            self.opened += 1
+            return self.opened >= 100          # True: wake the regulator now
+
+        def check(self, view: TriggerView, now: float) -> bool:
+            return self.opened >= 100
+
+        def round_completed(self, now: float) -> None:
+            self.opened = 0
+
+Hooks run synchronously on the manager's hot paths: keep them O(1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import final
+
+import attrs
+
+from ._config import check_count, check_fraction, check_positive_float
+
+__all__ = ["FailedDials", "HighWater", "Interval", "Spike", "Trigger", "TriggerView"]
+
+
+@final
+@attrs.frozen
+class TriggerView:
+    """What a trigger sees of the manager when asked to :meth:`Trigger.check`."""
+
+    count: int
+    low: int
+    high: int
+    hard: int | None
+
+
+class Trigger:
+    """Base class of regulation triggers. Every method has a do-nothing default.
+
+    Attributes:
+        name: Recorded as the ``trigger`` of a round and of its prune reasons.
+    """
+
+    name: str = "trigger"
+
+    def connection_opened(self, now: float) -> bool:
+        """A connection was admitted. Return True to wake the regulator now."""
+        return False
+
+    def dial_reported(self, ok: bool, latency: float | None, now: float) -> bool:
+        """``mgr.report_dial`` was called. Return True to wake the regulator now."""
+        return False
+
+    def check(self, view: TriggerView, now: float) -> bool:
+        """Whether a round should run now."""
+        return False
+
+    def next_check(self, now: float) -> float:
+        """When the regulator should wake to call :meth:`check` again (``inf``: never)."""
+        return math.inf
+
+    def round_completed(self, now: float) -> None:
+        """A round finished (whatever triggered it): reset latched state."""
+
+
+@final
+class HighWater(Trigger):
+    """Fires while the connection count is above ``high``. Always on."""
+
+    name = "high-water"
+
+    def check(self, view: TriggerView, now: float) -> bool:
+        """True while ``count > high``."""
+        return view.count > view.high
+
+
+@final
+class Spike(Trigger):
+    """Fires when more than ``connections`` connections open within ``window`` seconds.
+
+    Args:
+        connections: How many openings within the window make a spike.
+        window: Length of the sliding window, in seconds.
+    """
+
+    name = "spike"
+
+    def __init__(self, connections: int, window: float) -> None:
+        self.connections = check_count("Spike.connections", connections)
+        self.window = check_positive_float("Spike.window", window)
+        # Only the last `connections + 1` openings matter.
+        self._opened: deque[float] = deque(maxlen=self.connections + 1)
+        self._fired = False
+
+    def connection_opened(self, now: float) -> bool:
+        """Record an opening; wake the regulator when it completes a spike."""
+        opened = self._opened
+        opened.append(now)
+        if not self._fired and len(opened) == opened.maxlen and now - opened[0] <= self.window:
+            self._fired = True
+            return True
+        return False
+
+    def check(self, view: TriggerView, now: float) -> bool:
+        """True once a spike was seen, until the next round completes."""
+        return self._fired
+
+    def round_completed(self, now: float) -> None:
+        """Forget the spike (and the openings that made it)."""
+        self._fired = False
+        self._opened.clear()
+
+
+@final
+class FailedDials(Trigger):
+    """Fires when the failed share of dials within ``window`` reaches ``ratio``.
+
+    Fed by ``mgr.report_dial(peer, ok=..., latency=...)`` (the adapters call it).
+
+    Args:
+        ratio: Failed share in ``[0, 1]`` that fires it.
+        window: Seconds of dial history considered.
+        min_dials: Fewer dials than this within the window never fire it.
+    """
+
+    name = "failed-dials"
+
+    def __init__(self, ratio: float, window: float, min_dials: int = 10) -> None:
+        self.ratio = check_fraction("FailedDials.ratio", ratio)
+        self.window = check_positive_float("FailedDials.window", window)
+        self.min_dials = check_count("FailedDials.min_dials", min_dials)
+        self._dials: deque[tuple[float, bool]] = deque()
+        self._failed = 0
+        self._fired = False
+
+    def _forget(self, now: float) -> None:
+        dials = self._dials
+        while dials and now - dials[0][0] > self.window:
+            _, ok = dials.popleft()
+            if not ok:
+                self._failed -= 1
+
+    def failure_ratio(self, now: float) -> float:
+        """The failed share of dials within the window (0.0 when there were none)."""
+        self._forget(now)
+        return self._failed / len(self._dials) if self._dials else 0.0
+
+    def dial_reported(self, ok: bool, latency: float | None, now: float) -> bool:
+        """Record a dial; wake the regulator when the failed share crosses ``ratio``."""
+        self._dials.append((now, ok))
+        if not ok:
+            self._failed += 1
+        self._forget(now)
+        if (
+            not self._fired
+            and len(self._dials) >= self.min_dials
+            and self._failed >= self.ratio * len(self._dials)
+        ):
+            self._fired = True
+            return True
+        return False
+
+    def check(self, view: TriggerView, now: float) -> bool:
+        """True once the ratio was crossed, until the next round completes."""
+        return self._fired
+
+    def round_completed(self, now: float) -> None:
+        """Re-arm (the dial history is kept)."""
+        self._fired = False
+
+
+@final
+class Interval(Trigger):
+    """Fires every ``period`` seconds (measured from the last round).
+
+    Args:
+        period: Seconds between rounds.
+    """
+
+    name = "interval"
+
+    def __init__(self, period: float) -> None:
+        self.period = check_positive_float("Interval.period", period)
+        self._last: float | None = None
+
+    def next_check(self, now: float) -> float:
+        """The time the next round is due."""
+        if self._last is None:
+            self._last = now
+        return self._last + self.period
+
+    def check(self, view: TriggerView, now: float) -> bool:
+        """True when ``period`` seconds have passed since the last round."""
+        return now >= self.next_check(now)
+
+    def round_completed(self, now: float) -> None:
+        """Restart the period."""
+        self._last = now
