@@ -233,9 +233,17 @@ class Regulator:
             end = trio.current_time()
             duration = time.perf_counter() - started
             self._record(trigger, forced, count_before, pruned, by_phase, duration, revoked, end)
-            self._stuck_until = (
-                end + max(self.silence_period, IDLE_RETRY) if plan.shortfall else -math.inf
-            )
+            if pruned or revoked:
+                # The silence period lets the effects of a round settle; a round
+                # that changed nothing has no effects to wait for.
+                self._last_round_end = end
+            if plan.shortfall:
+                # Retrying cannot help until a connection leaves its grace period
+                # (or a poke says something else changed, or a while has passed).
+                retry = end + max(self.silence_period, IDLE_RETRY)
+                self._stuck_until = min(retry, max(plan.grace_ends, end))
+            else:
+                self._stuck_until = -math.inf
             return pruned
 
     def _record(
@@ -258,7 +266,6 @@ class Regulator:
         rounds.last_at = now
         for phase, n in by_phase.items():
             rounds.victims_by_phase[phase] = rounds.victims_by_phase.get(phase, 0) + n
-        self._last_round_end = now
         for t in self.triggers:
             t.round_completed(now)
         logger.info(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import math
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, final
 
@@ -72,6 +73,13 @@ class PruneReason:
     trigger: str
     forced: bool = False
 
+    def __str__(self) -> str:
+        phase = (
+            self.phase.value if self.protocol is None else f"{self.phase.value}({self.protocol})"
+        )
+        forced = ", forced below grant.min" if self.forced else ""
+        return f"{phase} #{self.rank}, tally {self.tally:.3f}, trigger {self.trigger}{forced}"
+
 
 @final
 @attrs.frozen
@@ -93,6 +101,8 @@ class Plan:
         candidates: How many connections were prunable at all.
         excluded: Connections never prunable now (grace, protected, locked), by reason.
         min_blocked: Candidates skipped to keep a protocol at its ``grant.min``.
+        grace_ends: The earliest time a connection now in its grace period becomes
+            prunable (``inf`` if none is in grace).
     """
 
     victims: tuple[Victim, ...] = ()
@@ -100,6 +110,7 @@ class Plan:
     candidates: int = 0
     excluded: dict[str, int] = attrs.Factory(dict)
     min_blocked: tuple[Connection, ...] = ()
+    grace_ends: float = math.inf
 
     @property
     def shortfall(self) -> int:
@@ -205,6 +216,7 @@ def plan_round(
     excluded: dict[str, int] = {}
     protected = state.protected
     grace = state.grace_period
+    grace_ends = math.inf
 
     for i, conn in enumerate(conns):
         if i % chunk == chunk - 1:
@@ -219,6 +231,7 @@ def plan_round(
             why = "locked"
         elif now - conn.opened_at < grace:
             why = "grace"
+            grace_ends = min(grace_ends, conn.opened_at + grace)
         if why is not None:
             excluded[why] = excluded.get(why, 0) + 1
             seen: set[EnrollmentState] = set()
@@ -330,6 +343,7 @@ def plan_round(
         len(burst_first) + len(idle) + len(busy) - sum(1 for c in burst_first if c.conn.streams),
         excluded,
         tuple(min_blocked.values()),
+        grace_ends,
     )
 
 
