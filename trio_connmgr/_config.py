@@ -21,6 +21,22 @@ def check_count(field: str, value: object, *, allow_zero: bool = False) -> int:
     return value
 
 
+def check_peer(field: str, value: object) -> None:
+    """Raise ConfigError unless ``value`` can identify a peer (hashable, not None)."""
+    if value is None:
+        raise ConfigError(f"{field} must identify a peer, got None")
+    try:
+        hash(value)
+    except TypeError:
+        raise ConfigError(f"{field} must be hashable, got {value!r}") from None
+
+
+def check_address(field: str, value: object) -> None:
+    """Raise ConfigError unless ``value`` is a string or None."""
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{field} must be a string or None, got {value!r}")
+
+
 def check_period(field: str, value: object, *, allow_zero: bool = True) -> float:
     """Return ``value`` as a float if it is a finite non-negative number of seconds."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -155,8 +171,10 @@ class Quota:
         forms are capped at ``G``.
         """
         if self.relative:
-            lo = min(math.ceil(self.min * share), share)
-            hi = max(lo, min(math.floor(self.max * share), share))
+            # Round away binary noise first: 0.07 * 100 is 7.000000000000001 and
+            # 0.29 * 100 is 28.999999999999996, whose ceil/floor would be off by one.
+            lo = min(math.ceil(round(self.min * share, 9)), share)
+            hi = max(lo, min(math.floor(round(self.max * share, 9)), share))
         else:
             lo = min(int(self.min), share)
             hi = max(lo, min(int(self.max), share))
