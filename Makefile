@@ -37,7 +37,7 @@ bench: venv
 	$(BIN)/python -m benchmarks
 
 soak: venv
-	TRIO_CONNMGR_SOAK=1 $(BIN)/python -m pytest tests/reliability -m soak -s -p no:randomly
+	TRIO_CONNMGR_SOAK=1 $(BIN)/python -m pytest tests/reliability -q -o timeout=1800
 
 docs: venv
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html

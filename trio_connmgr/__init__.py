@@ -45,6 +45,7 @@ from ._errors import ManagerClosed as ManagerClosed
 from ._errors import QuotaDenied as QuotaDenied
 from ._errors import ResourceClosed as ResourceClosed
 from ._events import EventReceiver as EventReceiver
+from ._events import replay_trace as replay_trace
 from ._manager import ConnectionManager as ConnectionManager
 from ._manager import Explanation as Explanation
 from ._manager import open_connection_manager as open_connection_manager

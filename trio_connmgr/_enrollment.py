@@ -125,6 +125,10 @@ class Enrollment(EnrollmentState):
         is called, ``lock.revoked`` becomes true and ``wait_revoked()`` returns.
         """
         ttl = check_positive_float("lock ttl", ttl)
+        if type(stream) is not Stream:
+            raise ConfigError(f"lock stream must be a Stream, got {stream!r}")
+        if on_revoke is not None and not callable(on_revoke):
+            raise ConfigError(f"lock on_revoke must be callable, got {on_revoke!r}")
         if stream._member is not self:
             raise ConfigError(
                 f"stream #{stream.id} belongs to {stream.protocol!r}, not to {self.name!r}"
@@ -139,6 +143,8 @@ class Enrollment(EnrollmentState):
         burst-only connections become the first prune candidates for
         ``burst_linger`` seconds. Entering checkpoints; exiting never blocks.
         """
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"burst name must be a string or None, got {name!r}")
         return Burst(self._state.new_burst_id(), self, name, trio.current_time())
 
     # ----------------------------------------------------------------- grants

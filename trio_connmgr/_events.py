@@ -1,4 +1,4 @@
-"""Event delivery: the subscription hub and the JSON-lines trace writer (SPEC §11).
+"""Event delivery: the subscription hub, the JSON-lines trace writer and its replay (SPEC §11).
 
 Events are produced synchronously by the state (``State.sink``). The hub hands
 each one to every subscriber's bounded buffer; a full buffer drops its *oldest*
@@ -9,14 +9,23 @@ the manager. While nobody listens the sink is unset and no event is even built.
 from __future__ import annotations
 
 import json
+import logging
 from collections import deque
-from collections.abc import Callable
-from typing import IO, final
+from collections.abc import Callable, Iterable, Mapping
+from typing import IO, TYPE_CHECKING, Any, final
 
 import trio
 
-from ._core._events import Event
+from ._core._events import Event, RoundCompleted
 from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._core._state import State
+
+logger = logging.getLogger("trio_connmgr.events")
+
+TRACE_VERSION = 1
+"""Version of the trace format (``docs/trace.md``), in the trace's first line."""
 
 
 @final
@@ -25,7 +34,11 @@ class EventReceiver(trio.abc.ReceiveChannel[Event]):
 
     ``receive()`` blocks until an event arrives; it raises
     :class:`trio.EndOfChannel` once the manager has closed and the buffer is
-    drained. Attributes ``dropped`` and ``buffer`` report the drops and capacity.
+    drained. ``async for event in receiver`` iterates until then.
+
+    Attributes:
+        buffer: Capacity: the most events held before the oldest is dropped.
+        dropped: Events this subscriber lost because its buffer was full.
     """
 
     def __init__(self, hub: EventHub, buffer: int) -> None:
@@ -36,6 +49,11 @@ class EventReceiver(trio.abc.ReceiveChannel[Event]):
         self._closed = False
         self._ended = False
         self.dropped = 0
+
+    @property
+    def pending(self) -> int:
+        """Events buffered and not yet received."""
+        return len(self._queue)
 
     def _put(self, event: Event) -> None:
         queue = self._queue
@@ -52,7 +70,13 @@ class EventReceiver(trio.abc.ReceiveChannel[Event]):
         self._lot.unpark_all()
 
     def receive_nowait(self) -> Event:
-        """Return the next buffered event, or raise :class:`trio.WouldBlock`."""
+        """Return the next buffered event, or raise :class:`trio.WouldBlock`.
+
+        Raises:
+            trio.WouldBlock: Nothing is buffered yet.
+            trio.EndOfChannel: The manager closed and the buffer is drained.
+            trio.ClosedResourceError: This subscription was closed.
+        """
         if self._closed:
             raise trio.ClosedResourceError("subscription is closed")
         if self._queue:
@@ -62,64 +86,109 @@ class EventReceiver(trio.abc.ReceiveChannel[Event]):
         raise trio.WouldBlock
 
     async def receive(self) -> Event:
-        """Wait for the next event (checkpoints every time)."""
+        """Wait for the next event (always checkpoints).
+
+        Raises:
+            trio.EndOfChannel: The manager closed and the buffer is drained.
+            trio.ClosedResourceError: This subscription was closed.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             event = self.receive_nowait()
         except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return event
+        while True:
             await self._lot.park()
-            return self.receive_nowait()
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return event
+            try:
+                return self.receive_nowait()
+            except trio.WouldBlock:
+                # Another task sharing this receiver took the event first.
+                continue
 
     async def aclose(self) -> None:
-        """Stop receiving; the hub forgets this subscriber."""
+        """Stop receiving; the hub forgets this subscriber. Checkpoints."""
         self.close()
         await trio.lowlevel.checkpoint()
 
     def close(self) -> None:
-        """Synchronous :meth:`aclose`."""
+        """Synchronous :meth:`aclose`. Idempotent; buffered events are discarded."""
         if not self._closed:
             self._closed = True
+            self._queue.clear()
             self._hub._remove(self)
             self._lot.unpark_all()
+
+    def __repr__(self) -> str:
+        return (
+            f"<EventReceiver pending={len(self._queue)} buffer={self.buffer} "
+            f"dropped={self.dropped}{' closed' if self._closed else ''}>"
+        )
 
 
 @final
 class EventHub:
-    """Fans events out to subscribers; installs itself as the state's sink on demand."""
+    """Fans events out to subscribers and writers; installs itself as the state's sink
+    only while somebody listens.
+
+    A writer that raises is logged once and removed: a broken trace file must not
+    break the state operation that produced the event.
+    """
 
     def __init__(self, set_sink: Callable[[Callable[[Event], None] | None], None]) -> None:
         self._set_sink = set_sink
         self._subscribers: list[EventReceiver] = []
         self._writers: list[Callable[[Event], None]] = []
+        self._closed = False
         self.dropped = 0
         self.emitted = 0
+        self.writer_errors = 0
+
+    @property
+    def subscribers(self) -> int:
+        """Subscriptions open now."""
+        return len(self._subscribers)
 
     def emit(self, event: Event) -> None:
-        """Deliver ``event`` to every subscriber and writer. Never blocks."""
+        """Deliver ``event`` to every subscriber and writer. Never blocks, never raises."""
         self.emitted += 1
         for receiver in self._subscribers:
             receiver._put(event)
-        for writer in self._writers:
-            writer(event)
+        if self._writers:
+            for writer in tuple(self._writers):
+                try:
+                    writer(event)
+                except Exception:
+                    self.writer_errors += 1
+                    logger.exception("event writer %r raised; it is removed", writer)
+                    self._writers.remove(writer)
+                    self._update_sink()
 
     def _update_sink(self) -> None:
         self._set_sink(self.emit if (self._subscribers or self._writers) else None)
 
     def subscribe(self, buffer: int) -> EventReceiver:
-        """Register a new subscriber with a buffer of ``buffer`` events."""
+        """Register a new subscriber with a buffer of ``buffer`` events.
+
+        After :meth:`close`, the new receiver is already at its end.
+        """
         if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
             raise ConfigError(f"subscribe buffer must be a positive integer, got {buffer!r}")
         receiver = EventReceiver(self, buffer)
+        if self._closed:
+            receiver._end()
+            return receiver
         self._subscribers.append(receiver)
         self._update_sink()
         return receiver
 
     def add_writer(self, writer: Callable[[Event], None]) -> None:
         """Register a synchronous writer called with every event."""
-        self._writers.append(writer)
-        self._update_sink()
+        if not self._closed:
+            self._writers.append(writer)
+            self._update_sink()
 
     def _remove(self, receiver: EventReceiver) -> None:
         if receiver in self._subscribers:
@@ -128,20 +197,206 @@ class EventHub:
 
     def close(self) -> None:
         """End every subscription (their receivers drain, then see EndOfChannel)."""
+        self._closed = True
         for receiver in self._subscribers:
             receiver._end()
+        self._subscribers.clear()
         self._writers.clear()
         self._update_sink()
 
 
+# ------------------------------------------------------------------- traces
+
+
 @final
 class TraceWriter:
-    """Writes every event as one JSON object per line (schema: ``docs/trace.md``)."""
+    """Writes every event as one JSON object per line (schema: ``docs/trace.md``).
 
-    def __init__(self, file: IO[str]) -> None:
+    The first line is a ``trace_started`` header with the format version and the
+    configuration of ``state`` (when given). Lines are buffered by ``file``; the
+    writer flushes after every round and the manager flushes when it closes.
+    """
+
+    def __init__(self, file: IO[str], state: State | None = None) -> None:
         self._file = file
+        self._encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+        self._error: Exception | None = None
+        if state is not None:
+            try:
+                self._line(trace_header(state))
+            except Exception as exc:
+                # Raised at the first event instead, where the hub logs it and
+                # drops this writer: a bad trace file never stops the manager.
+                self._error = exc
+
+    def _line(self, obj: Mapping[str, Any]) -> None:
+        self._file.write(self._encoder.encode(obj) + "\n")
 
     def __call__(self, event: Event) -> None:
-        """Write ``event`` as one line (buffered; flushed when the manager closes)."""
-        self._file.write(json.dumps(event.to_json(), separators=(",", ":")))
-        self._file.write("\n")
+        """Write ``event`` as one line."""
+        if self._error is not None:
+            raise self._error
+        self._line(event.to_json())
+        if isinstance(event, RoundCompleted):
+            self._file.flush()
+
+
+def trace_header(state: State) -> dict[str, Any]:
+    """The ``trace_started`` line of a trace written for ``state``."""
+    limits = state.limits
+    return {
+        "kind": "trace_started",
+        "time": state.clock(),
+        "version": TRACE_VERSION,
+        "low": limits.low,
+        "high": limits.high,
+        "hard": limits.hard,
+        "grace_period": state.grace_period,
+        "burst_linger": state.burst_linger,
+        "max_lock_ttl": state.max_lock_ttl,
+        "lock_budget": state.lock_budget,
+    }
+
+
+def _new_protocol() -> dict[str, Any]:
+    return {
+        "grant_min": 0,
+        "grant_max": 0,
+        "locks_held": 0,
+        "locks_granted": 0,
+        "locks_denied": {},
+        "locks_revoked": 0,
+        "locks_expired": 0,
+        "bursts_open": 0,
+        "bursts_opened": 0,
+        "bursts_closed": 0,
+        "pruned": 0,
+    }
+
+
+def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
+    """Replay a trace and return the figures it implies.
+
+    ``lines`` are the trace's lines (a file object works) or already-parsed
+    objects; blank lines are skipped and unknown kinds ignored, so a trace from a
+    newer version still replays. The result mirrors :meth:`ConnectionManager.statistics`
+    where events carry the information (see ``docs/trace.md`` for the list):
+    ``connections``, ``inbound``, ``outbound``, ``connections_opened``,
+    ``connections_closed``, ``connections_pruned``, ``low``, ``high``, ``hard``,
+    ``limits_source``, ``locked_connections``, ``refusals``, ``rounds`` (``count``,
+    ``last_trigger``, ``victims_by_phase``, ``locks_revoked``), ``protocols`` (by
+    name: ``grant_min``, ``grant_max``, ``locks_held``, ``locks_granted``,
+    ``locks_denied``, ``locks_revoked``, ``locks_expired``, ``bursts_open``,
+    ``bursts_opened``, ``bursts_closed``, ``pruned``), plus ``events`` (lines
+    replayed, by kind) and ``time`` (of the last line).
+
+    Protocols stay in ``protocols`` after they leave (a trace has no event for
+    leaving); streams are not traced, so usage and stream counts are not replayed.
+
+    Raises:
+        ValueError: A line is not a JSON object with a ``kind`` (the message
+            gives its 1-based number).
+    """
+    conns: dict[int, str] = {}
+    locks: dict[int, tuple[str, int]] = {}  # held lock id -> (protocol, connection id)
+    protocols: dict[str, dict[str, Any]] = {}
+    events: dict[str, int] = {}
+    refusals: dict[str, int] = {}
+    by_phase: dict[str, int] = {}
+    out: dict[str, Any] = {
+        "version": None,
+        "connections_opened": 0,
+        "connections_closed": 0,
+        "connections_pruned": 0,
+        "low": None,
+        "high": None,
+        "hard": None,
+        "limits_source": "configured",
+        "time": None,
+    }
+    rounds: dict[str, Any] = {"count": 0, "last_trigger": None, "locks_revoked": 0}
+
+    def protocol(name: str) -> dict[str, Any]:
+        found = protocols.get(name)
+        if found is None:
+            found = protocols[name] = _new_protocol()
+        return found
+
+    for number, line in enumerate(lines, 1):
+        if isinstance(line, str):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"trace line {number} is not JSON: {exc}") from None
+        else:
+            record = line
+        if not isinstance(record, Mapping) or not isinstance(record.get("kind"), str):
+            raise ValueError(f"trace line {number} is not an event object with a 'kind'")
+        kind = record["kind"]
+        events[kind] = events.get(kind, 0) + 1
+        out["time"] = record.get("time", out["time"])
+        if kind == "trace_started":
+            out["version"] = record.get("version")
+            out["low"], out["high"], out["hard"] = record["low"], record["high"], record["hard"]
+        elif kind == "connection_opened":
+            conns[record["connection_id"]] = record["direction"]
+            out["connections_opened"] += 1
+        elif kind == "connection_closed":
+            conns.pop(record["connection_id"], None)
+            out["connections_closed"] += 1
+        elif kind == "connection_pruned":
+            out["connections_pruned"] += 1
+            for name in record.get("protocols", ()):
+                protocol(name)["pruned"] += 1
+        elif kind == "round_completed":
+            rounds["count"] += 1
+            rounds["last_trigger"] = record["trigger"]
+            rounds["locks_revoked"] += record["revoked_locks"]
+            for phase, n in record["by_phase"]:
+                by_phase[phase] = by_phase.get(phase, 0) + n
+        elif kind == "grant_changed":
+            entry = protocol(record["protocol"])
+            entry["grant_min"], entry["grant_max"] = record["min"], record["max"]
+        elif kind == "lock_granted":
+            entry = protocol(record["protocol"])
+            entry["locks_granted"] += 1
+            locks[record["lock_id"]] = (record["protocol"], record["connection_id"])
+        elif kind == "lock_denied":
+            denied = protocol(record["protocol"])["locks_denied"]
+            denied[record["reason"]] = denied.get(record["reason"], 0) + 1
+        elif kind in ("lock_released", "lock_revoked", "lock_expired"):
+            entry = protocol(record["protocol"])
+            locks.pop(record["lock_id"], None)
+            if kind == "lock_revoked":
+                entry["locks_revoked"] += 1
+            elif kind == "lock_expired":
+                entry["locks_expired"] += 1
+        elif kind == "burst_opened":
+            entry = protocol(record["protocol"])
+            entry["bursts_open"] += 1
+            entry["bursts_opened"] += 1
+        elif kind == "burst_closed":
+            entry = protocol(record["protocol"])
+            entry["bursts_open"] -= 1
+            entry["bursts_closed"] += 1
+        elif kind == "limits_changed":
+            out["low"], out["high"], out["hard"] = record["low"], record["high"], record["hard"]
+            out["limits_source"] = record["cause"]
+        elif kind == "admission_refused":
+            refusals[record["reason"]] = refusals.get(record["reason"], 0) + 1
+
+    for name, entry in protocols.items():
+        entry["locks_held"] = len({conn for owner, conn in locks.values() if owner == name})
+    return {
+        **out,
+        "connections": len(conns),
+        "inbound": sum(1 for d in conns.values() if d == "inbound"),
+        "outbound": sum(1 for d in conns.values() if d == "outbound"),
+        "locked_connections": len({conn for _, conn in locks.values()}),
+        "refusals": refusals,
+        "rounds": {**rounds, "victims_by_phase": by_phase},
+        "protocols": protocols,
+        "events": events,
+    }

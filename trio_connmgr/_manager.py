@@ -12,14 +12,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequen
 from contextlib import asynccontextmanager
 from os import PathLike
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, final
+from typing import IO, Any, final
 
 import attrs
 import trio
 
-from ._config import Direction, Limits, Quota, check_count, check_period, check_positive_float
+from ._config import (
+    Direction,
+    Limits,
+    Quota,
+    check_address,
+    check_count,
+    check_peer,
+    check_period,
+    check_positive_float,
+)
 from ._core._events import AdmissionRefused
-from ._core._planner import Phase, exclusion, plan_now
+from ._core._planner import Phase, PruneReason, exclusion, plan_now
 from ._core._scoring import RecencyScorer, tally
 from ._core._state import CLOSED, RELEASED, Connection, Scorer, State
 from ._core._stats import Statistics, snapshot
@@ -27,11 +36,9 @@ from ._enrollment import Enrollment, parse_direction
 from ._errors import ConfigError, ConnectionRefused, ConnMgrError, ManagerClosed
 from ._events import EventHub, EventReceiver, TraceWriter
 from ._regulator import Regulator
+from .admission import Admission, enforce_hard_cap
+from .sensing import Sensing
 from .triggers import Trigger
-
-if TYPE_CHECKING:
-    from .admission import Admission
-    from .sensing import Sensing
 
 logger = logging.getLogger("trio_connmgr")
 
@@ -56,6 +63,12 @@ class Explanation:
         rank: Its position among the victims of a round run now (``None`` if not one).
         min_blocked: Whether it is kept only to hold a protocol at its ``grant.min``.
         text: The whole answer in one readable sentence (also ``str(explanation)``).
+        reason: The :class:`PruneReason` a round run now would give it (its
+            ``protocol`` names the burst's or offending protocol), or ``None``.
+        safe_because: Every reason it is safe, in order: ``"protected"``,
+            ``"locked"``, ``"grace"`` (``excluded_by`` is the first; empty if none).
+        lock_expires_at: Manager clock time its last lock expires, if locked.
+        min_blocked_by: The protocols a prune would take below ``grant.min``.
     """
 
     connection_id: int
@@ -70,6 +83,10 @@ class Explanation:
     rank: int | None
     min_blocked: bool
     text: str
+    reason: PruneReason | None = None
+    safe_because: tuple[str, ...] = ()
+    lock_expires_at: float | None = None
+    min_blocked_by: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return self.text
@@ -172,6 +189,8 @@ class ConnectionManager:
         self._nursery = nursery
         self.close_timeout = close_timeout
         self._admission = admission
+        if admission is not None:
+            state.close_hooks.append(admission.released)
         self._hub = EventHub(self._set_sink)
         self._regulator = Regulator(
             self,
@@ -193,6 +212,10 @@ class ConnectionManager:
 
     def _set_sink(self, sink: Callable[[Any], None] | None) -> None:
         self._state.sink = sink
+
+    def _check_connection(self, conn: object) -> None:
+        if not isinstance(conn, Connection) or conn._state is not self._state:
+            raise ConfigError(f"expected a Connection of this manager, got {conn!r}")
 
     def _check_open(self) -> None:
         if self._state.closed:
@@ -218,18 +241,18 @@ class ConnectionManager:
         state = self._state
         if state.closed:
             raise ManagerClosed("the connection manager is closed")
+        check_peer("peer", peer)
+        if address is not None and type(address) is not str:
+            check_address("address", address)
+        admission = self._admission
         if direction is Direction.INBOUND:
-            if self._admission is not None:
-                self._admission.admit(self, peer, address)
-            elif state.hard is not None and state.count >= state.hard:
-                raise self._refuse(
-                    "hard",
-                    f"inbound connection refused: count {state.count} is at hard={state.hard}",
-                    peer,
-                    direction,
-                    address,
-                )
+            if admission is not None:
+                admission.admit(self, peer, address)
+            else:
+                enforce_hard_cap(self, peer, address)
         conn = state.open_connection(peer, direction, address, scope)
+        if admission is not None and direction is Direction.INBOUND:
+            admission.admitted(conn)
         wake = state.count > state.high
         if self._open_hooks:
             now = conn.opened_at
@@ -242,6 +265,9 @@ class ConnectionManager:
 
     def _wake_if_above_high(self) -> None:
         if self._state.count > self._state.high:
+            # A lock ended, a burst closed or an enrollment left: connections may have
+            # become prunable, so a round that found nothing to prune may now succeed.
+            self._regulator._stuck_until = float("-inf")
             self._regulator.poke()
 
     def _lock_deadline(self, expires_at: float) -> None:
@@ -408,26 +434,28 @@ class ConnectionManager:
 
     def protect(self, peer: Hashable, tag: str) -> None:
         """Never prune connections of ``peer`` while it has at least one tag."""
+        check_peer("protect peer", peer)
         if not isinstance(tag, str) or not tag:
             raise ConfigError(f"protect tag must be a non-empty string, got {tag!r}")
-        try:
-            hash(peer)
-        except TypeError:
-            raise ConfigError(f"protect peer must be hashable, got {peer!r}") from None
         self._state.protect(peer, tag)
 
     def unprotect(self, peer: Hashable, tag: str) -> bool:
         """Remove ``tag`` from ``peer``; return whether it is still protected by another."""
+        check_peer("unprotect peer", peer)
+        if not isinstance(tag, str):
+            raise ConfigError(f"unprotect tag must be a string, got {tag!r}")
         return self._state.unprotect(peer, tag)
 
     def is_protected(self, peer: Hashable) -> bool:
         """Whether ``peer`` has at least one protection tag."""
+        check_peer("is_protected peer", peer)
         return peer in self._state.protected
 
     # ------------------------------------------------------------ regulation
 
     def report_dial(self, peer: Hashable, *, ok: bool, latency: float | None = None) -> None:
         """Report a dial's outcome (adapters call it); feeds triggers and sensing."""
+        check_peer("report_dial peer", peer)
         if latency is not None:
             latency = check_period("report_dial latency", latency)
         now = trio.current_time()
@@ -453,7 +481,12 @@ class ConnectionManager:
     # --------------------------------------------------------- observability
 
     def statistics(self) -> Statistics:
-        """A frozen snapshot of counts, limits, protocols, rounds and refusals."""
+        """A frozen :class:`Statistics` snapshot: counts, limits, protocols, rounds,
+        sensors, refusals and events (every field is documented on the class).
+
+        Synchronous and cheap: it copies counters (one pass over the enrollments,
+        never over connections, and no scorer is called).
+        """
         return snapshot(
             self._state,
             close_errors=self._close_errors,
@@ -461,15 +494,22 @@ class ConnectionManager:
             sensors={k: dict(v) for k, v in self._sensor_readings.items()},
             events_emitted=self._hub.emitted,
             events_dropped=self._hub.dropped,
+            subscribers=self._hub.subscribers,
         )
 
     @asynccontextmanager
     async def subscribe(self, buffer: int = 1024) -> AsyncIterator[EventReceiver]:
         """Receive events for the duration of an ``async with`` block.
 
-        Yields a receive channel of frozen events. Its buffer holds ``buffer``
-        events; when full, the oldest is dropped and counted, so a slow subscriber
-        never blocks the manager. Entering checkpoints; exiting never blocks.
+        Yields an :class:`EventReceiver`, a receive channel of frozen events. Its
+        buffer holds ``buffer`` events; when full, the oldest is dropped and
+        counted, so a slow subscriber never blocks the manager. Once the manager
+        closes, the receiver drains its buffer and then raises
+        :class:`trio.EndOfChannel` (an ``async for`` loop ends). Entering
+        checkpoints; exiting never blocks and discards what is still buffered.
+
+        Raises:
+            ConfigError: ``buffer`` is not a positive integer.
         """
         receiver = self._hub.subscribe(buffer)
         try:
@@ -479,65 +519,108 @@ class ConnectionManager:
             receiver.close()
 
     def explain(self, conn: Connection) -> Explanation:
-        """Would ``conn`` be pruned by a round run now, and why or why not."""
+        """Would ``conn`` be pruned by a round run now, and why or why not.
+
+        Synchronous. It plans a round over the current state without applying it
+        (so it calls the scorers, like a round would) and reports every reason the
+        connection is safe, or the phase, rank and reason that would take it.
+        """
         state = self._state
+        self._check_connection(conn)
         now = trio.current_time()
         why = exclusion(state, conn, now)
         tags = tuple(sorted(state.protected.get(conn.peer, ())))
         grace_until = conn.opened_at + state.grace_period
-        locked_by = tuple(sorted({lock._member.name for lock in conn._locks}))
+        locks = conn._locks
+        locked_by = tuple(sorted({lock._member.name for lock in locks}))
+        lock_expires_at = max((lock.expires_at for lock in locks), default=None)
+        safe: list[str] = []
+        if not conn.closed:
+            if tags:
+                safe.append("protected")
+            if locks:
+                safe.append("locked")
+            if now < grace_until:
+                safe.append("grace")
         value = None if conn.closed else tally(conn)
-        phase = rank = None
+        reason = None
         min_blocked = False
+        blocked_by: tuple[str, ...] = ()
         if why is None:
             plan = plan_now(state, now, trigger="explain")
             for victim in plan.victims:
                 if victim.connection is conn:
-                    phase, rank = victim.reason.phase, victim.reason.rank
+                    reason = victim.reason
                     break
             min_blocked = any(c is conn for c in plan.min_blocked)
+            if min_blocked:
+                members = conn._protocols
+                blocked_by = tuple(
+                    sorted(m.name for m in members if m.usage - 1 < m.grant.min)
+                ) or tuple(sorted(m.name for m in members))
+        head = f"connection #{conn.id} ({conn.direction.value}, peer {conn.peer!r})"
         if why == "closed":
-            text = f"connection #{conn.id} is closed ({conn.close_reason})"
-        elif why == "protected":
-            text = f"connection #{conn.id} is safe: peer {conn.peer!r} is protected by {tags}"
-        elif why == "locked":
-            text = f"connection #{conn.id} is safe: locked by {', '.join(locked_by)}"
-        elif why == "grace":
-            text = f"connection #{conn.id} is safe: in its grace period until t={grace_until:.3f}"
-        elif rank is not None:
-            assert phase is not None
+            text = f"{head} is closed ({conn.close_reason})"
+            if conn.prune_reason is not None:
+                text += f", pruned as {conn.prune_reason}"
+        elif why is not None:
+            parts = []
+            for kind in safe:
+                if kind == "protected":
+                    parts.append(f"its peer is protected by {', '.join(map(repr, tags))}")
+                elif kind == "locked":
+                    assert lock_expires_at is not None
+                    parts.append(
+                        f"it is locked by {', '.join(locked_by)} until t={lock_expires_at:.3f}"
+                    )
+                else:
+                    parts.append(
+                        f"it is in its grace period until t={grace_until:.3f} "
+                        f"({grace_until - now:.3f}s from now)"
+                    )
+            text = f"{head} is safe: {'; '.join(parts)}"
+        elif reason is not None:
+            assert value is not None
+            phase = reason.phase.value
+            if reason.protocol is not None:
+                phase = f"{phase} ({reason.protocol})"
+            target = state.count - state.low
             text = (
-                f"connection #{conn.id} would be pruned now: victim {rank} of the "
-                f"{phase.value} phase (tally {value:.3f}, count {state.count} > low {state.low})"
+                f"{head} would be pruned by a round run now: victim {reason.rank} of "
+                f"{target} in the {phase} phase, tally {value:.3f} "
+                f"(count {state.count} > low {state.low})"
             )
+            if state.count <= state.high:
+                text += f"; no round starts on its own until the count exceeds high={state.high}"
         elif min_blocked:
-            text = (
-                f"connection #{conn.id} is kept: pruning it would take "
-                f"{', '.join(conn.protocols)} below grant.min"
-            )
+            text = f"{head} is kept: pruning it would take {', '.join(blocked_by)} below grant.min"
         elif state.count <= state.low:
             text = (
-                f"connection #{conn.id} is prunable (tally {value:.3f}) but the count "
+                f"{head} is prunable (tally {value:.3f}) but the count "
                 f"{state.count} is at or below low={state.low}"
             )
         else:
             text = (
-                f"connection #{conn.id} is prunable (tally {value:.3f}) but ranks below "
-                f"the {state.count - state.low} victims a round would take now"
+                f"{head} is prunable (tally {value:.3f}) but ranks below the "
+                f"{state.count - state.low} victims a round would take now"
             )
         return Explanation(
             conn.id,
             why is None,
-            rank is not None,
+            reason is not None,
             why,
             tags,
             grace_until,
             locked_by,
             value,
-            phase,
-            rank,
+            None if reason is None else reason.phase,
+            None if reason is None else reason.rank,
             min_blocked,
             text,
+            reason=reason,
+            safe_because=tuple(safe),
+            lock_expires_at=lock_expires_at,
+            min_blocked_by=blocked_by,
         )
 
 
@@ -598,6 +681,12 @@ async def open_connection_manager(
     for trigger in triggers:
         if not isinstance(trigger, Trigger):
             raise ConfigError(f"triggers must be Trigger instances, got {trigger!r}")
+    if admission is not None and not isinstance(admission, Admission):
+        raise ConfigError(f"admission must be an Admission or None, got {admission!r}")
+    if sensing is not None:
+        if not isinstance(sensing, Sensing):
+            raise ConfigError(f"sensing must be a Sensing or None, got {sensing!r}")
+        sensing._check(limits)
     trace_file: IO[str] | None = None
     owns_trace = False
     if trace is not None:
@@ -630,7 +719,7 @@ async def open_connection_manager(
                 admission=admission,
             )
             if trace_file is not None:
-                manager._hub.add_writer(TraceWriter(trace_file))
+                manager._hub.add_writer(TraceWriter(trace_file, state))
             try:
                 async with trio.open_nursery() as services:
                     manager._services = services

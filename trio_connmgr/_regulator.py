@@ -109,6 +109,9 @@ class Regulator:
         self._poked = False
         self._last_round_end = -math.inf
         self._stuck_until = -math.inf
+        # Whether the stuck round could revoke locks: an emergency after a stuck
+        # normal round may do more, so it does not wait.
+        self._stuck_emergency = False
 
     # ----------------------------------------------------------------- waking
 
@@ -186,14 +189,23 @@ class Regulator:
                 continue
             emergency = self.emergency()
             not_before = self._last_round_end + self.silence_period
-            if self._stuck_until > now:
+            if self._stuck_until > now and (self._stuck_emergency or not emergency):
                 not_before = max(not_before, self._stuck_until)
             elif emergency:
                 not_before = now
             if now < not_before:
                 await self._sleep_until(not_before)
                 continue
-            await self.run_round(name, forced=False, emergency=emergency)
+            pruned = await self.run_round(name, forced=False, emergency=emergency)
+            state = self._state
+            if not pruned and state.count <= state.low and not self._poked:
+                # At or below low a round can do nothing: a trigger that keeps
+                # firing (a user's level trigger) must not make the loop spin at
+                # one instant. Wait for a poke or a timed check instead.
+                now = trio.current_time()
+                await self._sleep_until(
+                    min((t.next_check(now) for t in self.triggers), default=math.inf)
+                )
 
     # ------------------------------------------------------------------ round
 
@@ -232,7 +244,10 @@ class Regulator:
                 logger.debug("pruned %r: %s", conn, victim.reason)
             end = trio.current_time()
             duration = time.perf_counter() - started
-            self._record(trigger, forced, count_before, pruned, by_phase, duration, revoked, end)
+            unprunable = sum(plan.excluded.values()) + len(plan.min_blocked)
+            self._record(
+                trigger, forced, count_before, pruned, by_phase, duration, revoked, end, unprunable
+            )
             if pruned or revoked:
                 # The silence period lets the effects of a round settle; a round
                 # that changed nothing has no effects to wait for.
@@ -242,6 +257,7 @@ class Regulator:
                 # (or a poke says something else changed, or a while has passed).
                 retry = end + max(self.silence_period, IDLE_RETRY)
                 self._stuck_until = min(retry, max(plan.grace_ends, end))
+                self._stuck_emergency = forced or emergency or self.pressure
             else:
                 self._stuck_until = -math.inf
             return pruned
@@ -256,12 +272,15 @@ class Regulator:
         duration: float,
         revoked: int,
         now: float,
+        unprunable: int,
     ) -> None:
         state = self._state
         rounds = state.rounds
         rounds.count += 1
         rounds.last_trigger = trigger
         rounds.last_duration = duration
+        rounds.total_duration += duration
+        rounds.locks_revoked += revoked
         rounds.last_victims = len(pruned)
         rounds.last_at = now
         for phase, n in by_phase.items():
@@ -295,5 +314,6 @@ class Regulator:
                     tuple(sorted(by_phase.items())),
                     duration,
                     revoked,
+                    unprunable,
                 )
             )

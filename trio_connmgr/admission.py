@@ -1,28 +1,208 @@
-"""Admission control: the proactive half (SPEC §10)."""
+"""Admission control: the proactive half of connection management (SPEC §10).
+
+Regulation prunes connections after the count went above ``high``; admission
+refuses *inbound* newcomers before they are counted. Outbound dials are never
+refused by count, so a node can always dial out to recover.
+
+Pass an :class:`Admission` to ``open_connection_manager(admission=...)``::
+
+    admission = cm.Admission(
+        allow=["192.0.2.0/24"],                 # trusted: no caps, may evict at hard
+        deny=["203.0.113.0/24"],                # always refused
+        ipv4_caps={32: 4, 24: 16},              # at most 4 per address, 16 per /24
+        ipv6_caps={56: 16, 48: 64},
+        rate=2.0, burst=10,                     # per /24 (IPv4) or /56 (IPv6) subnet
+    )
+
+Checks, in order, for every inbound connection (each refusal raises
+:class:`~trio_connmgr.ConnectionRefused` whose ``reason`` is the name in
+parentheses, counted in ``statistics().refusals``):
+
+1. deny-list (``"deny"``): between ``allow`` and ``deny`` the longest matching
+   prefix wins, ``deny`` on a tie. Applies to loopback too;
+2. rate limit (``"rate"``): a token bucket per subnet;
+3. per-subnet caps (``"subnet"``): inbound connections counted per subnet at
+   every configured prefix length;
+4. the ``hard`` cap (``"hard"``): the manager's count is at ``Limits.hard``.
+   An allow-listed newcomer, or one whose peer is protected
+   (``mgr.protect``), evicts the lowest-ranked prunable connection instead
+   (the round planner's first victim) when ``evict=True``.
+
+Allow-listed addresses, and loopback addresses while ``exempt_loopback=True``,
+skip steps 2 and 3. An address that is not an IP address (or ``None``) matches
+no list and no subnet: only the ``hard`` cap applies to it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import math
+from collections.abc import Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, final
 
+from ._config import Direction, check_count, check_positive_float
+from ._core._admission import (
+    AdmissionPolicy,
+    RateLimiter,
+    parse_caps,
+    parse_host,
+    parse_networks,
+)
+from ._core._planner import plan_now
+from ._core._state import EVICTED
+from ._errors import ConfigError
+
 if TYPE_CHECKING:
+    from ._core._state import Connection
     from ._manager import ConnectionManager
+
+__all__ = ["Admission", "enforce_hard_cap"]
+
+
+def enforce_hard_cap(
+    manager: ConnectionManager, peer: Hashable, address: str | None, *, evict: bool = False
+) -> None:
+    """Apply the ``hard`` cap to an inbound newcomer (synchronous).
+
+    Below ``hard`` (or with no ``hard``) it does nothing. At the cap it either
+    evicts one prunable connection, the first victim the round planner would
+    choose (``evict=True`` and there is one; its ``close_reason`` is
+    ``"evicted"``), or raises :class:`~trio_connmgr.ConnectionRefused` with
+    reason ``"hard"``. The manager uses it directly when no :class:`Admission`
+    is configured.
+    """
+    state = manager._state
+    hard = state.hard
+    if hard is None or state.count < hard:
+        return
+    extra = ""
+    if evict:
+        plan = plan_now(state, state.clock(), target=1, trigger="admission")
+        if plan.victims:
+            victim = plan.victims[0]
+            state.close_connection(victim.connection, EVICTED, victim.reason)
+            return
+        extra = " and no connection can be evicted"
+    raise manager._refuse(
+        "hard",
+        f"inbound connection refused: count {state.count} is at hard={hard}{extra}",
+        peer,
+        Direction.INBOUND,
+        address,
+    )
 
 
 @final
 class Admission:
-    """Inbound admission policy: the ``hard`` cap."""
+    """Inbound admission policy: CIDR lists, per-subnet caps and rate limits, ``hard``.
+
+    Synchronous and cheap: the manager calls :meth:`admit` for every inbound
+    connection before counting it. One ``Admission`` may serve several managers;
+    its subnet counts and token buckets then cover all of them.
+
+    Args:
+        allow: CIDRs (``"10.0.0.0/8"``, ``"2001:db8::/32"``, a bare address) of
+            trusted peers: exempt from subnet caps and rate limits, and allowed to
+            evict at the ``hard`` cap.
+        deny: CIDRs always refused (reason ``"deny"``). Between ``allow`` and
+            ``deny``, the longest matching prefix wins; ``deny`` wins a tie.
+        ipv4_caps: ``{prefix_length: max_inbound}`` for IPv4, e.g. ``{32: 4, 24: 16}``.
+        ipv6_caps: The same for IPv6, e.g. ``{56: 16, 48: 64}``.
+        rate: Inbound admissions per second allowed per subnet (token bucket);
+            ``None`` for no rate limit.
+        burst: Bucket size: admissions allowed back to back per subnet
+            (default ``max(1, ceil(rate))``).
+        rate_ipv4_prefix: Prefix length of the IPv4 subnets sharing a bucket.
+        rate_ipv6_prefix: Prefix length of the IPv6 subnets sharing a bucket.
+        exempt_loopback: Loopback addresses skip subnet caps and rate limits (the
+            deny-list and the ``hard`` cap still apply).
+        evict: Whether an allow-listed or protected newcomer at the ``hard`` cap
+            evicts a prunable connection instead of being refused.
+
+    Raises:
+        ConfigError: a bad CIDR, prefix length, cap, rate or burst (the message
+            names the field and the value).
+    """
+
+    def __init__(
+        self,
+        *,
+        allow: Iterable[str] | None = None,
+        deny: Iterable[str] | None = None,
+        ipv4_caps: Mapping[int, int] | None = None,
+        ipv6_caps: Mapping[int, int] | None = None,
+        rate: float | None = None,
+        burst: int | None = None,
+        rate_ipv4_prefix: int = 24,
+        rate_ipv6_prefix: int = 56,
+        exempt_loopback: bool = True,
+        evict: bool = True,
+    ) -> None:
+        self.allow = parse_networks("Admission.allow", allow)
+        self.deny = parse_networks("Admission.deny", deny)
+        ipv4 = parse_caps("Admission.ipv4_caps", ipv4_caps, 32)
+        ipv6 = parse_caps("Admission.ipv6_caps", ipv6_caps, 128)
+        limiter = None
+        if rate is not None:
+            rate = check_positive_float("Admission.rate", rate)
+            if burst is None:
+                burst = max(1, math.ceil(rate))
+            limiter = RateLimiter(rate, burst, rate_ipv4_prefix, rate_ipv6_prefix)
+        elif burst is not None:
+            check_count("Admission.burst", burst)
+            raise ConfigError(f"Admission.burst needs a rate, got burst={burst!r} and rate=None")
+        if not isinstance(exempt_loopback, bool):
+            raise ConfigError(f"Admission.exempt_loopback must be a bool, got {exempt_loopback!r}")
+        if not isinstance(evict, bool):
+            raise ConfigError(f"Admission.evict must be a bool, got {evict!r}")
+        self.ipv4_caps: dict[int, int] = dict(ipv4)
+        self.ipv6_caps: dict[int, int] = dict(ipv6)
+        self.rate = None if limiter is None else limiter.rate
+        self.burst = None if limiter is None else limiter.burst
+        self.exempt_loopback = exempt_loopback
+        self.evict = evict
+        self._policy = AdmissionPolicy(
+            allow=self.allow,
+            deny=self.deny,
+            ipv4_caps=ipv4,
+            ipv6_caps=ipv6,
+            rate=limiter,
+            exempt_loopback=exempt_loopback,
+        )
 
     def admit(self, manager: ConnectionManager, peer: Hashable, address: str | None) -> None:
-        """Raise :class:`ConnectionRefused` if ``peer`` may not connect inbound now."""
-        state = manager._state
-        if state.hard is not None and state.count >= state.hard:
-            from ._config import Direction
+        """Raise :class:`~trio_connmgr.ConnectionRefused` if ``peer`` may not connect
+        inbound from ``address`` now. Synchronous.
 
-            raise manager._refuse(
-                "hard",
-                f"inbound connection refused: count {state.count} is at hard={state.hard}",
-                peer,
-                Direction.INBOUND,
-                address,
-            )
+        May evict one connection (see ``evict``). The manager calls it for every
+        inbound connection before counting it, then :meth:`admitted`.
+        """
+        state = manager._state
+        verdict = self._policy.check(address, state.clock())
+        if verdict.refuse is not None:
+            raise manager._refuse(verdict.refuse, verdict.detail, peer, Direction.INBOUND, address)
+        enforce_hard_cap(
+            manager,
+            peer,
+            address,
+            evict=self.evict and (verdict.trusted or peer in state.protected),
+        )
+
+    def admitted(self, conn: Connection) -> None:
+        """Count a connection :meth:`admit` let in, in its subnets. Synchronous."""
+        if self._policy.subnets.has_caps:
+            self._policy.admitted(conn, parse_host(conn.address))
+
+    def released(self, conn: Connection) -> None:
+        """Stop counting a connection that closed (the manager calls it). Synchronous."""
+        self._policy.released(conn)
+
+    def subnet_counts(self) -> dict[str, int]:
+        """Inbound connections counted now per subnet (only subnets with a cap)."""
+        return {str(subnet): n for subnet, n in self._policy.subnets.counts.items()}
+
+    def __repr__(self) -> str:
+        return (
+            f"<Admission allow={len(self.allow)} deny={len(self.deny)} "
+            f"ipv4_caps={self.ipv4_caps} ipv6_caps={self.ipv6_caps} "
+            f"rate={self.rate} burst={self.burst}>"
+        )

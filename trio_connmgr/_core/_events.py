@@ -1,4 +1,10 @@
-"""Event types: frozen records of what the manager did, for subscribers and traces."""
+"""Event types: frozen records of what the manager did, for subscribers and traces.
+
+The state builds an event only while somebody listens (``State.sink`` is set),
+so events cost nothing when unused. Every event has a ``kind`` (a class-level
+string, also the ``kind`` of its JSON form) and a ``time`` on the manager's
+clock. ``docs/trace.md`` documents the JSON form of each.
+"""
 
 from __future__ import annotations
 
@@ -17,20 +23,25 @@ def _plain(instance: object, field: object, value: Any) -> Any:
 
 @attrs.frozen
 class Event:
-    """Base class of every event. ``time`` is the manager's clock (``trio.current_time()``)."""
+    """Base class of every event.
+
+    Attributes:
+        kind: The event's type as a string (class attribute; ``"connection_opened"``...).
+        time: The manager's clock (``trio.current_time()``) when it happened.
+    """
 
     kind: ClassVar[str] = "event"
     time: float
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of this event, with its ``kind``."""
+        """A JSON-serialisable dict of this event: ``kind`` first, then every field."""
         out: dict[str, Any] = {"kind": self.kind}
         for field in attrs.fields(type(self)):
             value = getattr(self, field.name)
             if attrs.has(type(value)):
                 value = attrs.asdict(value, value_serializer=_plain)
             elif isinstance(value, tuple):
-                value = list(value)
+                value = [list(item) if isinstance(item, tuple) else item for item in value]
             out[field.name] = value
         return out
 
@@ -38,7 +49,15 @@ class Event:
 @final
 @attrs.frozen
 class ConnectionOpened(Event):
-    """A connection was admitted and is now counted."""
+    """A connection was admitted and is now counted.
+
+    Attributes:
+        connection_id: The connection's id.
+        peer: ``str()`` of its peer.
+        direction: ``"inbound"`` or ``"outbound"``.
+        address: Its address, if given.
+        count: Connections counted after it opened.
+    """
 
     kind: ClassVar[str] = "connection_opened"
     connection_id: int
@@ -51,30 +70,63 @@ class ConnectionOpened(Event):
 @final
 @attrs.frozen
 class ConnectionClosed(Event):
-    """A connection stopped being counted, for any reason (``reason``)."""
+    """A connection stopped being counted, for any reason.
+
+    Attributes:
+        connection_id: The connection's id.
+        peer: ``str()`` of its peer.
+        reason: Its ``close_reason``: ``"closed"``, ``"released"``, ``"pruned"``,
+            ``"evicted"`` or ``"manager closed"``.
+        count: Connections counted after it closed.
+        direction: ``"inbound"`` or ``"outbound"``.
+    """
 
     kind: ClassVar[str] = "connection_closed"
     connection_id: int
     peer: str
     reason: str
     count: int
+    direction: str = ""
 
 
 @final
 @attrs.frozen
 class ConnectionPruned(Event):
-    """A regulation round chose this connection as a victim (followed by ConnectionClosed)."""
+    """A round chose this connection as a victim (a ConnectionClosed follows at once).
+
+    Attributes:
+        connection_id: The connection's id.
+        peer: ``str()`` of its peer.
+        reason: Its :class:`PruneReason` (phase, protocol, tally, rank, trigger, forced).
+        protocols: Protocols that had streams on it (each counts it in ``pruned``).
+    """
 
     kind: ClassVar[str] = "connection_pruned"
     connection_id: int
     peer: str
     reason: PruneReason
+    protocols: tuple[str, ...] = ()
 
 
 @final
 @attrs.frozen
 class RoundCompleted(Event):
-    """A regulation round finished."""
+    """A regulation round finished.
+
+    Attributes:
+        number: The round's number (1 for the first).
+        trigger: Name of what started it (``"high-water"``, ``"trim"``, ``"force"``...).
+        forced: Whether it was forced (``trim(force=True)``).
+        count_before: Connections counted when it started.
+        count_after: Connections counted when it ended.
+        victims: Connections it pruned.
+        by_phase: ``(phase, victims)`` pairs, sorted by phase name.
+        duration: Wall-clock seconds it took to plan and apply.
+        revoked_locks: Locks it revoked to reach its target.
+        unprunable: Connections it could not prune (grace, protected, locked, or
+            kept for a ``grant.min``): invariant 1 says
+            ``count_after <= max(low, unprunable)``.
+    """
 
     kind: ClassVar[str] = "round_completed"
     number: int
@@ -86,12 +138,20 @@ class RoundCompleted(Event):
     by_phase: tuple[tuple[str, int], ...]
     duration: float
     revoked_locks: int
+    unprunable: int = 0
 
 
 @final
 @attrs.frozen
 class GrantChanged(Event):
-    """An enrollment's grant changed (enrollment came or went, or the share moved)."""
+    """An enrollment's grant changed (an enrollment came or went, or the share moved).
+
+    Attributes:
+        protocol: The enrollment's name.
+        min: Its new ``grant.min``.
+        max: Its new ``grant.max``.
+        share: The global share ``G`` the grant was computed against.
+    """
 
     kind: ClassVar[str] = "grant_changed"
     protocol: str
@@ -103,7 +163,14 @@ class GrantChanged(Event):
 @final
 @attrs.frozen
 class LockGranted(Event):
-    """A lock was granted on a stream's connection."""
+    """A lock was granted on a stream's connection.
+
+    Attributes:
+        protocol: The enrollment holding it.
+        lock_id: The lock's id.
+        connection_id: The connection it protects.
+        expires_at: Manager clock time its ttl runs out (after the ``max_lock_ttl`` cap).
+    """
 
     kind: ClassVar[str] = "lock_granted"
     protocol: str
@@ -115,7 +182,14 @@ class LockGranted(Event):
 @final
 @attrs.frozen
 class LockDeniedEvent(Event):
-    """A lock was refused (``reason``: closed, grant or budget)."""
+    """A lock was refused (the holder got :class:`LockDenied`).
+
+    Attributes:
+        protocol: The enrollment that asked.
+        connection_id: The connection it asked to protect.
+        reason: ``"closed"``, ``"grant"`` (locks on ``grant.max`` connections
+            already) or ``"budget"`` (the manager's lock budget is spent).
+    """
 
     kind: ClassVar[str] = "lock_denied"
     protocol: str
@@ -126,7 +200,13 @@ class LockDeniedEvent(Event):
 @final
 @attrs.frozen
 class LockRevoked(Event):
-    """A lock was revoked under pressure; its connection is prunable again."""
+    """A lock was revoked under pressure; its connection is prunable again.
+
+    Attributes:
+        protocol: The enrollment that held it.
+        lock_id: The lock's id.
+        connection_id: The connection it protected.
+    """
 
     kind: ClassVar[str] = "lock_revoked"
     protocol: str
@@ -137,18 +217,33 @@ class LockRevoked(Event):
 @final
 @attrs.frozen
 class LockReleased(Event):
-    """A lock's holder left its ``async with`` block."""
+    """A held lock ended without pressure.
+
+    Attributes:
+        protocol: The enrollment that held it.
+        lock_id: The lock's id.
+        connection_id: The connection it protected.
+        how: ``"released"`` (the holder left its ``async with`` block, or the
+            enrollment left) or ``"dropped"`` (its connection closed under it).
+    """
 
     kind: ClassVar[str] = "lock_released"
     protocol: str
     lock_id: int
     connection_id: int
+    how: str = "released"
 
 
 @final
 @attrs.frozen
 class LockExpired(Event):
-    """A lock's ttl ran out."""
+    """A lock's ttl ran out; its connection is prunable again.
+
+    Attributes:
+        protocol: The enrollment that held it.
+        lock_id: The lock's id.
+        connection_id: The connection it protected.
+    """
 
     kind: ClassVar[str] = "lock_expired"
     protocol: str
@@ -159,7 +254,13 @@ class LockExpired(Event):
 @final
 @attrs.frozen
 class BurstOpened(Event):
-    """A protocol opened a burst."""
+    """A protocol opened a burst.
+
+    Attributes:
+        protocol: The enrollment that opened it.
+        burst_id: The burst's id.
+        name: Its label, if given.
+    """
 
     kind: ClassVar[str] = "burst_opened"
     protocol: str
@@ -170,7 +271,15 @@ class BurstOpened(Event):
 @final
 @attrs.frozen
 class BurstClosed(Event):
-    """A burst closed; its burst-only connections are first in line for ``linger`` seconds."""
+    """A burst closed; its burst-only connections go first for ``burst_linger`` seconds.
+
+    Attributes:
+        protocol: The enrollment that opened it.
+        burst_id: The burst's id.
+        name: Its label, if given.
+        connections: Distinct connections its streams used.
+        streams: Streams enlisted in it, in total.
+    """
 
     kind: ClassVar[str] = "burst_closed"
     protocol: str
@@ -183,7 +292,14 @@ class BurstClosed(Event):
 @final
 @attrs.frozen
 class LimitsChanged(Event):
-    """The effective limits moved (sensing), with the ``cause``."""
+    """The effective limits moved (sensing moved the global share).
+
+    Attributes:
+        low: The new effective ``low``.
+        high: The new effective ``high`` (the global share ``G``).
+        hard: The inbound cap (unchanged by sensing).
+        cause: What moved them (the sensing controller's explanation).
+    """
 
     kind: ClassVar[str] = "limits_changed"
     low: int
@@ -195,7 +311,15 @@ class LimitsChanged(Event):
 @final
 @attrs.frozen
 class AdmissionRefused(Event):
-    """Admission refused a connection (``reason`` names the limit)."""
+    """Admission refused a connection (the caller got :class:`ConnectionRefused`).
+
+    Attributes:
+        peer: ``str()`` of the refused peer.
+        direction: ``"inbound"`` or ``"outbound"``.
+        address: Its address, if given.
+        reason: The limit that refused it (``"hard"``, ``"subnet"``, ``"rate"``...).
+        detail: A readable sentence with the figures.
+    """
 
     kind: ClassVar[str] = "admission_refused"
     peer: str
@@ -221,3 +345,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     LimitsChanged,
     AdmissionRefused,
 )
+"""Every concrete event type."""
+
+EVENTS_BY_KIND: dict[str, type[Event]] = {t.kind: t for t in EVENT_TYPES}
+"""Event types by their ``kind`` string."""

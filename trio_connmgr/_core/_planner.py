@@ -102,7 +102,7 @@ class Plan:
         excluded: Connections never prunable now (grace, protected, locked), by reason.
         min_blocked: Candidates skipped to keep a protocol at its ``grant.min``.
         grace_ends: The earliest time a connection now in its grace period becomes
-            prunable (``inf`` if none is in grace).
+            prunable, or revocable if it is locked (``inf`` if none is in grace).
     """
 
     victims: tuple[Victim, ...] = ()
@@ -229,6 +229,9 @@ def plan_round(
             why = "protected"
         elif conn._locks:
             why = "locked"
+            if now - conn.opened_at < grace:
+                # Revocable under pressure once its grace period ends.
+                grace_ends = min(grace_ends, conn.opened_at + grace)
         elif now - conn.opened_at < grace:
             why = "grace"
             grace_ends = min(grace_ends, conn.opened_at + grace)

@@ -67,9 +67,10 @@ def score(member: EnrollmentState, stream: Stream) -> float:
                 NEUTRAL,
             )
         return NEUTRAL
-    member.scorer_clamped += 1
     if math.isnan(value):
+        member.scorer_errors += 1
         return NEUTRAL
+    member.scorer_clamped += 1
     return 0.0 if value < 0.0 else 1.0
 
 

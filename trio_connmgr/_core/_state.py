@@ -315,6 +315,8 @@ class RoundRecord:
     last_at: float | None = None
     victims_by_phase: dict[str, int] = attrs.Factory(dict)
     failures: int = 0
+    total_duration: float = 0.0
+    locks_revoked: int = 0
 
 
 class State:
@@ -364,6 +366,9 @@ class State:
         self.connections_pruned = 0
         self.streams_opened = 0
         self.refusals: dict[str, int] = {}
+        # Called with every connection that stops being counted (admission's
+        # per-subnet counts are released here).
+        self.close_hooks: list[Callable[[Connection], None]] = []
         self._expiries: list[tuple[float, int, LockState]] = []
         self._connection_ids = itertools.count(1)
         self._stream_ids = itertools.count(1)
@@ -452,8 +457,12 @@ class State:
         else:
             self.outbound -= 1
         self.connections_closed += 1
+        for hook in self.close_hooks:
+            hook(conn)
+        pruned_from: tuple[str, ...] = ()
         if prune is not None:
             self.connections_pruned += 1
+            pruned_from = conn.protocols
             for member in conn._protocols:
                 member.pruned += 1
         for lock in list(conn._locks):
@@ -467,8 +476,12 @@ class State:
         if self.sink is not None:
             now = self.clock()
             if prune is not None:
-                self.sink(ev.ConnectionPruned(now, conn.id, str(conn.peer), prune))
-            self.sink(ev.ConnectionClosed(now, conn.id, str(conn.peer), reason, self.count))
+                self.sink(ev.ConnectionPruned(now, conn.id, str(conn.peer), prune, pruned_from))
+            self.sink(
+                ev.ConnectionClosed(
+                    now, conn.id, str(conn.peer), reason, self.count, conn.direction.value
+                )
+            )
         message = reason if prune is None else f"pruned ({prune.phase.value})"
         for scope in scopes:
             scope.cancel(f"connection {message}")
@@ -487,11 +500,15 @@ class State:
         burst: BurstState | None = None,
     ) -> Stream:
         """Count a new stream of ``member`` on ``conn`` and return it."""
+        if type(conn) is not Connection or conn._state is not self:
+            raise ConfigError(f"expected a Connection of this manager, got {conn!r}")
         if member.closed:
             raise ResourceClosed(f"enrollment {member.name!r} has left")
         if conn.closed:
             raise ResourceClosed(f"connection #{conn.id} is closed ({conn.close_reason})")
         if burst is not None:
+            if not isinstance(burst, BurstState):
+                raise ConfigError(f"burst must be a Burst or None, got {burst!r}")
             self._check_burst(burst, member)
         now = self.clock()
         stream = Stream(next(self._stream_ids), conn, direction, now, now, member, burst)
@@ -680,7 +697,8 @@ class State:
                 "expired": ev.LockExpired,
                 "dropped": ev.LockReleased,
             }[how]
-            self.sink(event_type(self.clock(), member.name, lock.id, conn.id))
+            args = (self.clock(), member.name, lock.id, conn.id)
+            self.sink(ev.LockReleased(*args, how) if how == "dropped" else event_type(*args))
         if how in ("revoked", "expired"):
             try:
                 lock._ended(how)
@@ -764,6 +782,8 @@ class State:
 
     def enlist(self, burst: BurstState, stream: Stream) -> None:
         """Enlist ``stream`` in ``burst`` (same protocol, both open)."""
+        if type(stream) is not Stream or stream._member._state is not self:
+            raise ConfigError(f"expected a Stream of this manager, got {stream!r}")
         self._check_burst(burst, stream._member)
         if stream.closed:
             raise ResourceClosed(f"stream #{stream.id} is closed")

@@ -1,9 +1,17 @@
-"""Frozen snapshots of the manager's state for :meth:`ConnectionManager.statistics`."""
+"""Frozen snapshots of the manager's state for :meth:`ConnectionManager.statistics`.
+
+A snapshot copies counters the state keeps up to date anyway: taking one costs
+one pass over the enrollments (not over connections or streams), so it is cheap
+enough to take on every Prometheus scrape or dashboard refresh. Mappings in a
+snapshot are read-only views of private copies: later changes to the manager
+never show through, and a snapshot cannot be modified.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, final
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
@@ -11,30 +19,43 @@ if TYPE_CHECKING:
     from ._state import EnrollmentState, State
 
 
+def _frozen(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A read-only copy of ``value``."""
+    return MappingProxyType(dict(value))
+
+
+def _frozen_nested(value: Mapping[str, Mapping[str, float]]) -> Mapping[str, Mapping[str, float]]:
+    """A read-only copy of a mapping of mappings."""
+    return MappingProxyType({key: MappingProxyType(dict(inner)) for key, inner in value.items()})
+
+
 @final
 @attrs.frozen
 class ProtocolStatistics:
-    """One enrollment's figures.
+    """One enrollment's figures (an entry of :attr:`Statistics.protocols`).
 
     Attributes:
         name: The protocol's name.
         grant_min: Connections reserved for it (``grant.min``).
-        grant_max: Its ceiling (``grant.max``).
+        grant_max: Its ceiling (``grant.max``); above it the protocol is an offender.
         usage: Distinct connections with at least one of its open streams.
         streams: Its open streams.
         streams_opened: Streams it opened, in total.
         weight: Its weight in tallies.
         locks_held: Connections it holds locks on now.
         locks_granted: Locks granted, in total.
-        locks_denied: Locks denied, in total, by reason (closed, grant, budget).
+        locks_denied: Locks denied, in total, by reason (``closed``, ``grant``, ``budget``).
         locks_revoked: Locks revoked under pressure, in total.
         locks_expired: Locks that reached their ttl, in total.
         bursts_open: Its bursts open now.
-        bursts_lingering: Its closed bursts still within ``burst_linger``.
+        bursts_lingering: Its closed bursts still within ``burst_linger`` (their
+            burst-only connections are the first prune candidates).
         bursts_opened: Bursts opened, in total.
         pruned: Connections pruned while it had streams on them, in total.
-        scorer_errors: Scores that raised, were NaN or were not numbers (neutral 0.5 used).
-        scorer_clamped: Scores outside [0, 1] that were clamped.
+        scorer_errors: Scores that raised, were NaN or were not numbers (the neutral
+            0.5 was used instead).
+        scorer_clamped: Scores outside [0, 1], clamped into it.
+        bursts_closed: Bursts closed, in total.
     """
 
     name: str
@@ -46,7 +67,7 @@ class ProtocolStatistics:
     weight: float
     locks_held: int
     locks_granted: int
-    locks_denied: Mapping[str, int]
+    locks_denied: Mapping[str, int] = attrs.field(converter=_frozen)
     locks_revoked: int
     locks_expired: int
     bursts_open: int
@@ -55,21 +76,30 @@ class ProtocolStatistics:
     pruned: int
     scorer_errors: int
     scorer_clamped: int
+    bursts_closed: int = 0
+
+    @property
+    def locks_denied_total(self) -> int:
+        """Locks denied, in total, all reasons together."""
+        return sum(self.locks_denied.values())
 
 
 @final
 @attrs.frozen
 class RoundStatistics:
-    """Regulation rounds so far.
+    """Regulation rounds so far (:attr:`Statistics.rounds`).
 
     Attributes:
-        count: Rounds completed.
+        count: Rounds completed (automatic ones and :meth:`~ConnectionManager.trim`).
         last_trigger: Trigger of the last round (``None`` before the first).
-        last_duration: Seconds (wall clock) the last round took to plan and apply.
+        last_duration: Wall-clock seconds the last round took to plan and apply.
         last_victims: Connections the last round pruned.
-        last_at: Manager clock time the last round ended.
-        victims_by_phase: Connections pruned, in total, by phase.
+        last_at: Manager clock time the last round ended (``None`` before the first).
+        victims_by_phase: Connections pruned, in total, by phase (``burst``,
+            ``idle``, ``offender``, ``tally``); phases that never pruned are absent.
         failures: Rounds that raised (the regulator restarted after each).
+        total_duration: Wall-clock seconds spent in rounds, in total.
+        locks_revoked: Locks revoked by rounds, in total.
     """
 
     count: int
@@ -77,8 +107,15 @@ class RoundStatistics:
     last_duration: float
     last_victims: int
     last_at: float | None
-    victims_by_phase: Mapping[str, int]
-    failures: int
+    victims_by_phase: Mapping[str, int] = attrs.field(converter=_frozen)
+    failures: int = 0
+    total_duration: float = 0.0
+    locks_revoked: int = 0
+
+    @property
+    def victims(self) -> int:
+        """Connections pruned by rounds, in total (all phases)."""
+        return sum(self.victims_by_phase.values())
 
 
 @final
@@ -93,23 +130,30 @@ class Statistics:
         low: Effective ``low`` (moves with sensing).
         high: Effective ``high`` = the global share ``G``.
         hard: Inbound admission cap (``None``: none).
-        limits_source: ``"configured"`` or the cause of the last change (sensing).
-        streams: Open streams.
+        limits_source: ``"configured"`` while the effective limits are the
+            configured ones, else the cause of the last change (sensing).
+        streams: Open streams (all protocols).
         locked_connections: Connections protected by a held lock.
         lock_budget: Maximum locked connections.
         protected_peers: Peers with at least one protection tag.
         connections_opened: Connections admitted, in total.
         connections_closed: Connections that stopped being counted, in total.
-        connections_pruned: Connections pruned by rounds, in total.
+        connections_pruned: Connections pruned (by rounds or admission evictions), in total.
         streams_opened: Streams opened, in total.
-        protocols: Per-protocol figures, by name.
-        rounds: Regulation rounds.
-        refusals: Admission refusals, in total, by reason.
+        protocols: Per-protocol figures (:class:`ProtocolStatistics`), by name,
+            for the protocols enrolled now.
+        rounds: Regulation rounds (:class:`RoundStatistics`).
+        refusals: Admission refusals, in total, by reason (``hard``, ...).
         close_errors: Tracked ``close()`` callbacks that raised.
         close_timeouts: Tracked ``close()`` callbacks cut off at ``close_timeout``.
-        sensors: Latest sensor readings by sensor name (empty without sensing).
-        events_emitted: Events produced while somebody listened.
+        sensors: Latest sensor readings, by sensor name then reading name (empty
+            without sensing).
+        events_emitted: Events produced while somebody listened (subscribers or a trace).
         events_dropped: Events dropped by full subscriber buffers, in total.
+        configured_low: ``low`` as configured (the ceiling of the effective one).
+        configured_high: ``high`` as configured (the ceiling of the global share).
+        configured_hard: ``hard`` as configured.
+        subscribers: Subscriptions open now.
     """
 
     connections: int
@@ -127,14 +171,25 @@ class Statistics:
     connections_closed: int
     connections_pruned: int
     streams_opened: int
-    protocols: Mapping[str, ProtocolStatistics]
+    protocols: Mapping[str, ProtocolStatistics] = attrs.field(converter=_frozen)
     rounds: RoundStatistics
-    refusals: Mapping[str, int]
+    refusals: Mapping[str, int] = attrs.field(converter=_frozen)
     close_errors: int = 0
     close_timeouts: int = 0
-    sensors: Mapping[str, Mapping[str, float]] = attrs.Factory(dict)
+    sensors: Mapping[str, Mapping[str, float]] = attrs.field(
+        factory=dict, converter=_frozen_nested
+    )
     events_emitted: int = 0
     events_dropped: int = 0
+    configured_low: int = 0
+    configured_high: int = 0
+    configured_hard: int | None = None
+    subscribers: int = 0
+
+    @property
+    def refusals_total(self) -> int:
+        """Admission refusals, in total, all reasons together."""
+        return sum(self.refusals.values())
 
 
 def protocol_statistics(member: EnrollmentState, lingering: int) -> ProtocolStatistics:
@@ -149,7 +204,7 @@ def protocol_statistics(member: EnrollmentState, lingering: int) -> ProtocolStat
         weight=member.weight,
         locks_held=member.locks_held,
         locks_granted=member.locks_granted,
-        locks_denied=dict(member.locks_denied),
+        locks_denied=member.locks_denied,
         locks_revoked=member.locks_revoked,
         locks_expired=member.locks_expired,
         bursts_open=len(member._open_bursts),
@@ -158,15 +213,24 @@ def protocol_statistics(member: EnrollmentState, lingering: int) -> ProtocolStat
         pruned=member.pruned,
         scorer_errors=member.scorer_errors,
         scorer_clamped=member.scorer_clamped,
+        bursts_closed=member.bursts_closed,
     )
 
 
-def snapshot(state: State, **extra: object) -> Statistics:
-    """Snapshot ``state``; ``extra`` fills the fields the Trio layer owns."""
+def snapshot(state: State, **extra: Any) -> Statistics:
+    """Snapshot ``state``; ``extra`` fills the fields the Trio layer owns.
+
+    Lingering bursts whose ``burst_linger`` has passed are not counted, even if
+    the regulator has not forgotten them yet.
+    """
+    now = state.clock()
+    linger = state.burst_linger
     lingering: dict[str, int] = {}
     for burst in state.lingering:
-        lingering[burst.protocol] = lingering.get(burst.protocol, 0) + 1
+        if burst.closed_at is not None and now - burst.closed_at <= linger:
+            lingering[burst.protocol] = lingering.get(burst.protocol, 0) + 1
     rounds = state.rounds
+    limits = state.limits
     return Statistics(
         connections=state.count,
         inbound=state.inbound,
@@ -193,9 +257,14 @@ def snapshot(state: State, **extra: object) -> Statistics:
             last_duration=rounds.last_duration,
             last_victims=rounds.last_victims,
             last_at=rounds.last_at,
-            victims_by_phase=dict(rounds.victims_by_phase),
+            victims_by_phase=rounds.victims_by_phase,
             failures=rounds.failures,
+            total_duration=rounds.total_duration,
+            locks_revoked=rounds.locks_revoked,
         ),
-        refusals=dict(state.refusals),
-        **extra,  # type: ignore[arg-type]
+        refusals=state.refusals,
+        configured_low=limits.low,
+        configured_high=limits.high,
+        configured_hard=limits.hard,
+        **extra,
     )

@@ -1,0 +1,308 @@
+"""The regulator (SPEC §8): rounds that prune by cancelling scopes, grace, silence,
+supervision, trim, protection."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+import trio_connmgr as cm
+import trio_connmgr._regulator as regulator_module
+from trio_connmgr._core._planner import CHUNK, plan_round
+
+
+def value_of(stream: cm.Stream) -> float:
+    return stream.metadata["v"]  # type: ignore[no-any-return]
+
+
+def squared(stream: cm.Stream) -> float:
+    return stream.metadata["v"] ** 2  # type: ignore[no-any-return]
+
+
+async def test_one_round_prunes_exactly_the_twenty_lowest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cancelled: list[int] = []
+    exited: list[int] = []
+    tallies: dict[int, float] = {}
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(10, 15), grace_period=5.0) as mgr,
+        mgr.enroll("chat", quota=cm.Quota(0, 15), scorer=value_of) as chat,
+        mgr.enroll("sync", quota=cm.Quota(0, 15), scorer=squared, weight=2.0) as sync,
+        trio.open_nursery() as nursery,
+    ):
+
+        async def peer(i: int, task_status: trio.TaskStatus[None]) -> None:
+            v = ((i * 7) % 30) / 30
+            protocol = chat if i % 2 == 0 else sync
+            tallies[i] = v if protocol is chat else 2 * v * v
+            async with (
+                mgr.connection(i, direction="inbound") as conn,
+                protocol.stream(conn) as stream,
+            ):
+                stream.metadata["v"] = v
+                task_status.started()
+                try:
+                    await trio.sleep_forever()
+                except trio.Cancelled:
+                    cancelled.append(i)
+                    raise
+            exited.append(i)
+            assert conn.close_reason == "pruned"
+
+        for i in range(30):
+            await nursery.start(peer, i)
+        assert len(set(tallies.values())) == 30  # no ties: the expected set is exact
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().connections == 30  # all still in their grace period
+        await trio.sleep(5)
+        await trio.testing.wait_all_tasks_blocked()
+        expected = sorted(tallies, key=tallies.__getitem__)[:20]
+        assert sorted(cancelled) == sorted(expected)
+        assert sorted(exited) == sorted(expected)
+        stats = mgr.statistics()
+        assert stats.connections == 10
+        assert stats.connections_pruned == 20
+        assert stats.rounds.last_victims == 20
+        assert stats.rounds.victims_by_phase == {"tally": 20}
+        assert stats.rounds.last_trigger == "high-water"
+        assert stats.rounds.last_at == pytest.approx(5.0)
+        assert stats.rounds.last_duration >= 0
+        assert stats.rounds.failures == 0
+        survivors = {conn.peer for conn in mgr.connections}
+        assert survivors == set(range(30)) - set(expected)
+        assert chat.usage + sync.usage == 10
+        nursery.cancel_scope.cancel()
+
+
+async def test_grace_period_honoured_then_expiring(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with cm.open_connection_manager(limits=cm.Limits(1, 2), grace_period=10.0) as mgr:
+        for i in range(4):
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+        await trio.sleep(9.99)
+        assert mgr.statistics().connections == 4
+        assert mgr.statistics().rounds.count >= 1  # it tried, found nothing prunable
+        await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().connections == 1
+        assert mgr.statistics().rounds.last_at == pytest.approx(10.0)
+        # The newest (last opened) survives: ties go to the oldest idle first.
+        assert [c.peer for c in mgr.connections] == [3]
+
+
+async def test_silence_period_between_rounds(autojump_clock: trio.testing.MockClock) -> None:
+    async with cm.open_connection_manager(
+        limits=cm.Limits(1, 2), grace_period=0, silence_period=10.0
+    ) as mgr:
+        for i in range(3):
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().connections == 1
+        await trio.sleep(1)
+        for i in range(3, 5):
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+        await trio.sleep(8.99)
+        assert mgr.statistics().connections == 3
+        assert mgr.statistics().rounds.count == 1
+        await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().connections == 1
+        assert mgr.statistics().rounds.count == 2
+        assert mgr.statistics().rounds.last_at == pytest.approx(10.0)
+
+
+async def test_raising_scorer_does_not_stop_regulation(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(stream: cm.Stream) -> float:
+        raise RuntimeError("scorer bug")
+
+    with caplog.at_level(logging.ERROR, logger="trio_connmgr"):
+        async with (
+            cm.open_connection_manager(limits=cm.Limits(2, 4), grace_period=0) as mgr,
+            mgr.enroll("p", quota=cm.Quota(0, 4), scorer=broken) as p,
+        ):
+            for round_number in (1, 2):
+                for i in range(6):
+                    p.track_stream(
+                        mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+                    )
+                await trio.sleep(20)
+                stats = mgr.statistics()
+                assert stats.connections == 2
+                assert stats.rounds.failures == 0
+                assert stats.rounds.count == round_number
+            assert stats.protocols["p"].scorer_errors >= 8
+    scorer_logs = [r for r in caplog.records if "scorer" in r.getMessage()]
+    assert len(scorer_logs) == 1
+
+
+async def test_regulator_bug_restarts_with_back_off(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[float] = []
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(trio.current_time())
+        if len(calls) == 1:
+            raise RuntimeError("injected regulator bug")
+        return plan_round(*args, **kwargs)
+
+    monkeypatch.setattr(regulator_module, "plan_round", flaky)
+    async with cm.open_connection_manager(limits=cm.Limits(1, 2), grace_period=0) as mgr:
+        for i in range(3):
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+        await trio.sleep(5)
+        stats = mgr.statistics()
+        assert stats.rounds.failures == 1
+        assert stats.connections == 1
+        assert calls[:2] == [0.0, pytest.approx(regulator_module.BACKOFF_BASE)]
+    assert any("regulation round failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_repeated_regulator_bugs_stop_the_manager(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[float] = []
+    body: list[str] = []
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        calls.append(trio.current_time())
+        raise RuntimeError("injected regulator bug")
+
+    monkeypatch.setattr(regulator_module, "plan_round", broken)
+    with pytest.raises(cm.ConnMgrError) as info:
+        async with cm.open_connection_manager(
+            limits=cm.Limits(1, 2), grace_period=0, max_round_failures=3
+        ) as mgr:
+            for i in range(3):
+                mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                body.append("cancelled")
+                raise
+    assert type(info.value) is cm.ConnMgrError
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert "regulator failed 4 times" in str(info.value)
+    assert body == ["cancelled"]
+    # Back-off doubles: 0.5, 1, 2 seconds between attempts.
+    assert calls == [0.0, 0.5, 1.5, 3.5]
+    assert mgr.statistics().rounds.failures == 4
+    assert mgr._state.closed
+    assert mgr._state.connections == {}
+
+
+async def test_failures_outside_the_window_are_forgiven(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[float] = []
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        calls.append(trio.current_time())
+        raise RuntimeError("injected regulator bug")
+
+    monkeypatch.setattr(regulator_module, "plan_round", broken)
+    async with cm.open_connection_manager(
+        limits=cm.Limits(1, 2), grace_period=0, max_round_failures=1, failure_window=0.25
+    ) as mgr:
+        for i in range(3):
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+        await trio.sleep(3)
+        # The back-off (0.5 s) is longer than the window: never two within it.
+        assert mgr.statistics().rounds.failures == len(calls) >= 3
+        monkeypatch.setattr(regulator_module, "plan_round", plan_round)
+        await trio.sleep(5)
+        assert mgr.statistics().connections == 1
+
+
+async def test_trim_returns_what_it_pruned() -> None:
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(2, 10), grace_period=0) as mgr,
+        mgr.enroll("p", quota=cm.Quota(3, 10), scorer=value_of) as p,
+    ):
+        assert await mgr.trim() == []
+        conns = [
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint) for i in range(5)
+        ]
+        for i, conn in enumerate(conns[:3]):
+            p.track_stream(conn).metadata["v"] = i / 10
+        pruned = await mgr.trim()
+        # Only the idle ones: the rest keeps p at its grant.min of 3.
+        assert pruned == [conns[3], conns[4]]
+        assert all(c.prune_reason and c.prune_reason.trigger == "trim" for c in pruned)
+        assert await mgr.trim() == []
+        forced = await mgr.trim(force=True)
+        assert forced == [conns[0]]
+        assert forced[0].prune_reason is not None
+        assert forced[0].prune_reason.forced
+        assert forced[0].prune_reason.trigger == "force"
+        assert p.usage == 2
+        assert mgr.statistics().rounds.count == 4
+
+
+async def test_protection(autojump_clock: trio.testing.MockClock) -> None:
+    async with cm.open_connection_manager(limits=cm.Limits(1, 2), grace_period=0) as mgr:
+        mgr.protect("friend", "bootstrap")
+        mgr.protect("friend", "relay")
+        assert mgr.is_protected("friend")
+        assert not mgr.is_protected("stranger")
+        friends = [
+            mgr.track("friend", direction="inbound", close=trio.lowlevel.checkpoint)
+            for _ in range(3)
+        ]
+        stranger = mgr.track("stranger", direction="inbound", close=trio.lowlevel.checkpoint)
+        await trio.sleep(1)
+        assert stranger.closed
+        assert not any(c.closed for c in friends)
+        assert mgr.statistics().protected_peers == 1
+        assert mgr.unprotect("friend", "bootstrap") is True
+        assert mgr.unprotect("friend", "unknown-tag") is True
+        assert mgr.is_protected("friend")
+        assert mgr.unprotect("friend", "relay") is False
+        assert not mgr.is_protected("friend")
+        assert mgr.unprotect("friend", "relay") is False
+        await trio.sleep(20)
+        assert sum(not c.closed for c in friends) == 1
+
+
+async def test_round_over_a_big_snapshot_yields(autojump_clock: trio.testing.MockClock) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await trio.lowlevel.checkpoint()
+            ticks += 1
+
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(10, 5000), grace_period=0) as mgr,
+        mgr.enroll("p", quota=cm.Quota(0, 5000), scorer=value_of) as p,
+        trio.open_nursery() as nursery,
+    ):
+        for i in range(4000):
+            conn = mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+            p.track_stream(conn).metadata["v"] = (i * 7919 % 4000) / 4000
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(ticker)
+        await trio.lowlevel.checkpoint()
+        before = ticks
+        pruned = await mgr.trim()
+        assert len(pruned) == 3990
+        # The ticker ran between the planner's chunks of connections and between
+        # chunks of victims: the loop was never blocked for the whole round.
+        planning = 4000 // CHUNK
+        applying = len(pruned) // regulator_module.APPLY_CHUNK
+        assert ticks - before >= planning + applying
+        nursery.cancel_scope.cancel()

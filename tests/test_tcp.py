@@ -1,0 +1,246 @@
+"""trio_connmgr.tcp on real loopback sockets: serve_tcp and open_tcp_connection.
+
+These tests use real sockets and the real clock (short durations, every wait
+under ``trio.fail_after``): the kernel's TCP stack does not run on a mock clock.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from functools import partial
+
+import pytest
+import trio
+
+import trio_connmgr as cm
+from trio_connmgr.tcp import open_tcp_connection, serve_tcp
+from trio_connmgr.triggers import Trigger
+
+CLIENTS = 100
+LOCKED = 5
+PROTECTED = 5
+
+
+def open_fds() -> int:
+    """Number of file descriptors this process has open now."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+needs_proc = pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd"), reason="counting fds needs /proc/self/fd"
+)
+
+
+async def read_line(stream: trio.SocketStream) -> bytes:
+    """Read up to and including b"\\n" (b"" if the peer closed first)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = await stream.receive_some(64)
+        if not chunk:
+            return b""
+        data += chunk
+    return data
+
+
+async def wait_closed(stream: trio.SocketStream) -> None:
+    """Return once the remote end closed or reset the connection."""
+    try:
+        while await stream.receive_some(1024):
+            pass
+    except trio.BrokenResourceError:
+        pass  # reset by the peer: closed as well
+
+
+class DialRecorder(Trigger):
+    """A trigger that never fires and records every report_dial."""
+
+    name = "dial-recorder"
+
+    def __init__(self) -> None:
+        self.dials: list[tuple[bool, float | None]] = []
+
+    def dial_reported(self, ok: bool, latency: float | None, now: float) -> bool:
+        self.dials.append((ok, latency))
+        return False
+
+
+@needs_proc
+async def test_server_regulates_a_hundred_connections() -> None:
+    fds_before = open_fds()
+    roles = ["lock"] * LOCKED + ["protect"] * PROTECTED + ["plain"] * (CLIENTS - 10)
+    server_conns: dict[str, list[cm.Connection]] = {"lock": [], "protect": [], "plain": []}
+    ready = 0
+    all_ready = trio.Event()
+    closed_send, closed_receive = trio.open_memory_channel[str](CLIENTS)
+
+    async with (
+        cm.open_connection_manager(
+            limits=cm.Limits(low=20, high=30), grace_period=1.0, silence_period=0.05
+        ) as mgr,
+        mgr.enroll("echo", quota=cm.Quota(0, 100)) as echo,
+        mgr.subscribe() as events,
+    ):
+
+        async def handler(stream: trio.SocketStream, conn: cm.Connection) -> None:
+            async with echo.stream(conn, direction="inbound") as s:
+                role = (await read_line(stream)).strip().decode()
+                server_conns[role].append(conn)
+                if role == "protect":
+                    mgr.protect(conn.peer, "test")
+                if role == "lock":
+                    async with echo.lock(s, ttl=60):
+                        await stream.send_all(b"ok\n")
+                        await trio.sleep_forever()
+                await stream.send_all(b"ok\n")
+                s.touch(3)
+                await trio.sleep_forever()
+
+        async def client(role: str, port: int) -> None:
+            nonlocal ready
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(role.encode() + b"\n")
+                assert await read_line(stream) == b"ok\n"
+                ready += 1
+                if ready == CLIENTS:
+                    all_ready.set()
+                await wait_closed(stream)
+                closed_send.send_nowait(role)
+
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(serve_tcp, handler, 0, manager=mgr))
+            port = listeners[0].socket.getsockname()[1]
+            async with trio.open_nursery() as clients:
+                for role in roles:
+                    clients.start_soon(client, role, port)
+                with trio.fail_after(20):
+                    await all_ready.wait()
+                    # Grace ends one second after each connection opened; the
+                    # regulator then prunes down to low.
+                    if mgr.statistics().connections > 30:
+                        async for event in events:
+                            if isinstance(event, cm.RoundCompleted) and event.count_after <= 30:
+                                break
+                    stats = mgr.statistics()
+                    pruned = stats.connections_pruned
+                    closed_clients = Counter(
+                        [await closed_receive.receive() for _ in range(pruned)]
+                    )
+                await trio.sleep(0.2)  # nothing else closes by itself
+                stats = mgr.statistics()
+                assert stats.connections <= 30
+                assert stats.connections_pruned == pruned == CLIENTS - stats.connections
+                assert stats.rounds.count >= 1
+                with pytest.raises(trio.WouldBlock):
+                    closed_receive.receive_nowait()
+                assert closed_clients == {"plain": pruned}
+                for role in ("lock", "protect"):
+                    assert all(not c.closed for c in server_conns[role]), role
+                plain_pruned = [c for c in server_conns["plain"] if c.closed]
+                assert len(plain_pruned) == pruned
+                assert all(c.close_reason == "pruned" for c in plain_pruned)
+                assert all(c.prune_reason is not None for c in plain_pruned)
+                clients.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+    assert open_fds() == fds_before
+
+
+@needs_proc
+async def test_admission_refusal_closes_the_socket() -> None:
+    fds_before = open_fds()
+    async with cm.open_connection_manager(
+        limits=cm.Limits(low=2, high=3, hard=4), grace_period=60
+    ) as mgr:
+        handled = 0
+
+        async def handler(stream: trio.SocketStream, conn: cm.Connection) -> None:
+            nonlocal handled
+            handled += 1
+            await stream.send_all(b"ok\n")
+            await trio.sleep_forever()
+
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(serve_tcp, handler, 0, manager=mgr))
+            port = listeners[0].socket.getsockname()[1]
+            answers = []
+            streams = []
+            with trio.fail_after(10):
+                for _ in range(6):
+                    stream = await trio.open_tcp_stream("127.0.0.1", port)
+                    streams.append(stream)
+                    answers.append(await read_line(stream))
+            assert answers == [b"ok\n"] * 4 + [b""] * 2
+            assert handled == 4
+            stats = mgr.statistics()
+            assert stats.connections == stats.inbound == 4
+            assert dict(stats.refusals) == {"hard": 2}
+            assert all(c.peer.startswith("127.0.0.1:") for c in mgr.connections)
+            assert all(c.address == "127.0.0.1" for c in mgr.connections)
+            for stream in streams:
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
+    assert open_fds() == fds_before
+
+
+async def test_client_reports_dials_and_is_pruned_quietly() -> None:
+    recorder = DialRecorder()
+    server_saw_eof = trio.Event()
+
+    async def echo_server(stream: trio.SocketStream) -> None:
+        async with stream:
+            while data := await stream.receive_some(1024):
+                await stream.send_all(data)
+        server_saw_eof.set()
+
+    async with trio.open_nursery() as servers:
+        listeners = await servers.start(trio.serve_tcp, echo_server, 0)
+        port = listeners[0].socket.getsockname()[1]
+        async with cm.open_connection_manager(
+            limits=cm.Limits(low=1, high=1), grace_period=0, triggers=[recorder]
+        ) as mgr:
+            async with mgr.enroll("echo", quota=cm.Quota(0, 1)) as echo:
+                busy_ready = trio.Event()
+
+                async def busy() -> None:
+                    async with open_tcp_connection(mgr, "127.0.0.1", port) as (stream, conn):
+                        assert conn.direction is cm.Direction.OUTBOUND
+                        assert conn.peer == f"127.0.0.1:{port}"
+                        async with echo.stream(conn) as s:
+                            await stream.send_all(b"hello")
+                            assert await stream.receive_some(5) == b"hello"
+                            s.touch(5)
+                            busy_ready.set()
+                            await trio.sleep_forever()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(busy)
+                    with trio.fail_after(10):
+                        await busy_ready.wait()
+                        # A second, idle connection takes the count over high=1:
+                        # the regulator prunes the idle one, which cancels this
+                        # block quietly and closes its socket.
+                        async with open_tcp_connection(mgr, "127.0.0.1", port, peer="idle") as (
+                            _,
+                            idle,
+                        ):
+                            await trio.sleep_forever()
+                        assert idle.close_reason == "pruned"
+                        assert idle.prune_reason is not None
+                        assert idle.prune_reason.phase is cm.Phase.IDLE
+                        await server_saw_eof.wait()
+                    assert mgr.statistics().connections == 1
+                    nursery.cancel_scope.cancel()
+
+            # A refused dial raises OSError and is reported as a failure.
+            with trio.socket.socket() as sock:
+                await sock.bind(("127.0.0.1", 0))
+                closed_port = sock.getsockname()[1]
+            with pytest.raises(OSError, match="connect"):
+                async with open_tcp_connection(mgr, "127.0.0.1", closed_port):
+                    pytest.fail("the dial should have failed")  # pragma: no cover
+            assert mgr.statistics().connections == 0
+        servers.cancel_scope.cancel()
+
+    assert [ok for ok, _ in recorder.dials] == [True, True, False]
+    assert all(latency is not None and latency >= 0 for _, latency in recorder.dials)

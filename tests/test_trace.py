@@ -1,0 +1,270 @@
+"""The JSON-lines trace: one object per line, the documented schema, and a faithful replay."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+import trio_connmgr as cm
+from trio_connmgr._core._events import EVENTS_BY_KIND
+from trio_connmgr._events import TRACE_VERSION
+
+
+async def noop_close() -> None:
+    await trio.lowlevel.checkpoint()
+
+
+async def scenario(
+    mgr: cm.ConnectionManager, trace: io.StringIO | None = None
+) -> tuple[cm.Statistics, list[str]]:
+    """A bit of everything. Returns the statistics at its end (everything still open)
+    and the lines of ``trace`` written by then."""
+    async with (
+        mgr.enroll("kad", quota=cm.Quota.share(0.2, 0.6)) as kad,
+        mgr.enroll("gossip", quota=cm.Quota(1, 3)) as gossip,
+        mgr.enroll("ping", quota=cm.Quota(0, 1)),
+    ):
+        ins = [mgr.track(f"in{i}", direction="inbound", close=noop_close) for i in range(5)]
+        outs = [mgr.track(f"out{i}", direction="outbound", close=noop_close) for i in range(3)]
+        with pytest.raises(cm.ConnectionRefused):
+            mgr.track("late", direction="inbound", address="10.0.0.9", close=noop_close)
+        held = kad.track_stream(ins[0])
+        kad.track_stream(ins[1])
+        kad.track_stream(outs[0])
+        gossip.track_stream(ins[2])
+        gossip.track_stream(outs[1])
+        async with kad.lock(held, ttl=100):
+            async with gossip.lock(gossip.track_stream(ins[2]), ttl=5) as short:
+                await short.wait_revoked()
+            async with gossip.lock(gossip.track_stream(outs[1]), ttl=5):
+                pass
+            closed = gossip.track_stream(outs[1])
+            closed.close()
+            with pytest.raises(cm.LockDenied):
+                async with gossip.lock(closed, ttl=5):
+                    pass  # pragma: no cover
+            async with kad.burst("lookup") as burst:
+                kad.track_stream(ins[3], burst=burst).close()
+            mgr._state.set_share(5, "test pressure")
+            await trio.sleep(1)
+            await mgr.trim()
+            ins[0].release()  # drops kad's lock
+            async with kad.burst("walk"):
+                written = [] if trace is None else trace.getvalue().splitlines()
+                return mgr.statistics(), written
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_replay(replayed: dict[str, Any], stats: cm.Statistics) -> None:
+    """Every figure a trace carries equals the live statistics."""
+    for key in (
+        "connections",
+        "inbound",
+        "outbound",
+        "connections_opened",
+        "connections_closed",
+        "connections_pruned",
+        "low",
+        "high",
+        "hard",
+        "limits_source",
+        "locked_connections",
+    ):
+        assert replayed[key] == getattr(stats, key), key
+    assert replayed["refusals"] == stats.refusals
+    rounds = replayed["rounds"]
+    assert rounds["count"] == stats.rounds.count
+    assert rounds["last_trigger"] == stats.rounds.last_trigger
+    assert rounds["victims_by_phase"] == stats.rounds.victims_by_phase
+    assert rounds["locks_revoked"] == stats.rounds.locks_revoked
+    assert set(stats.protocols) <= set(replayed["protocols"])
+    for name, figures in stats.protocols.items():
+        mine = replayed["protocols"][name]
+        for key in (
+            "grant_min",
+            "grant_max",
+            "locks_held",
+            "locks_granted",
+            "locks_denied",
+            "locks_revoked",
+            "locks_expired",
+            "bursts_open",
+            "bursts_opened",
+            "bursts_closed",
+            "pruned",
+        ):
+            assert mine[key] == getattr(figures, key), (name, key)
+
+
+def open_manager(trace: object, **kwargs: object) -> object:
+    kwargs.setdefault("limits", cm.Limits(low=2, high=8, hard=8))
+    kwargs.setdefault("grace_period", 0)
+    kwargs.setdefault("lock_budget", 2)
+    return cm.open_connection_manager(trace=trace, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_trace_replays_to_the_live_statistics(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    buffer = io.StringIO()
+    async with open_manager(buffer) as mgr:
+        stats, written = await scenario(mgr, buffer)
+    # Sanity: the scenario did what the comparison relies on.
+    assert stats.connections_pruned > 0
+    assert stats.refusals == {"hard": 1}
+    assert stats.limits_source == "test pressure"
+    assert stats.protocols["gossip"].locks_expired == 1
+    assert stats.protocols["gossip"].locks_denied == {"closed": 1}
+    assert stats.protocols["kad"].bursts_open == 1
+    replayed = cm.replay_trace(written)
+    check_replay(replayed, stats)
+    assert replayed["version"] == TRACE_VERSION
+    assert replayed["events"]["trace_started"] == 1
+
+    # The whole trace, closing included: nothing left open.
+    final = cm.replay_trace(buffer.getvalue().splitlines())
+    assert final["connections"] == 0
+    assert final["connections_closed"] == final["connections_opened"] == 8
+    assert final["locked_connections"] == 0
+    assert all(p["bursts_open"] == 0 for p in final["protocols"].values())
+
+
+async def test_a_trace_file_has_one_json_object_per_line(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "trace.jsonl"
+    async with open_manager(path, burst_linger=7.5) as mgr:
+        await scenario(mgr)
+        # Rounds flush the file: a tail -f sees them while the manager runs.
+        assert '"kind":"round_completed"' in path.read_text(encoding="utf-8")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    objects = [json.loads(line) for line in lines]
+    assert all(isinstance(obj, dict) for obj in objects)
+    header = objects[0]
+    assert header == {
+        "kind": "trace_started",
+        "time": 0.0,
+        "version": TRACE_VERSION,
+        "low": 2,
+        "high": 8,
+        "hard": 8,
+        "grace_period": 0.0,
+        "burst_linger": 7.5,
+        "max_lock_ttl": 300.0,
+        "lock_budget": 2,
+    }
+    times = [obj["time"] for obj in objects]
+    assert times == sorted(times)
+    kinds = {obj["kind"] for obj in objects[1:]}
+    assert kinds <= set(EVENTS_BY_KIND)
+    # Every line has exactly the documented fields of its kind.
+    for obj in objects[1:]:
+        fields = {"kind"} | {f.name for f in attrs.fields(EVENTS_BY_KIND[obj["kind"]])}
+        assert set(obj) == fields, obj["kind"]
+    pruned = [obj for obj in objects if obj["kind"] == "connection_pruned"]
+    assert pruned
+    for obj in pruned:
+        assert set(obj["reason"]) == {"phase", "protocol", "tally", "rank", "trigger", "forced"}
+        assert obj["reason"]["phase"] in {"burst", "idle", "offender", "tally"}
+    assert objects[-1]["kind"] == "connection_closed"
+    assert objects[-1]["reason"] == "manager closed"
+
+
+async def test_an_open_file_is_left_open_for_its_owner(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    with path.open("w", encoding="utf-8") as file:
+        async with open_manager(file) as mgr:
+            mgr.track("a", direction="inbound", close=noop_close)
+        assert not file.closed
+        file.write("# the owner's own line\n")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["kind"] for line in lines[:-1]] == [
+        "trace_started",
+        "connection_opened",
+        "connection_closed",
+    ]
+
+
+class FailingFile(io.StringIO):
+    """Accepts ``good`` writes, then fails like a full disk."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.good = good
+
+    def write(self, text: str) -> int:
+        if self.good <= 0:
+            raise OSError(28, "No space left on device")
+        self.good -= 1
+        return super().write(text)
+
+
+async def test_a_failing_trace_never_breaks_the_manager(caplog: pytest.LogCaptureFixture) -> None:
+    file = FailingFile(good=2)  # the header and one event
+    async with open_manager(file) as mgr:
+        a = mgr.track("a", direction="inbound", close=noop_close)
+        b = mgr.track("b", direction="inbound", close=noop_close)  # this write fails
+        b.release()
+        a.release()
+        assert mgr.statistics().connections == 0
+        assert mgr._hub.writer_errors == 1
+        assert mgr._state.sink is None  # nobody left to listen: no more events built
+    assert [json.loads(line)["kind"] for line in file.getvalue().splitlines()] == [
+        "trace_started",
+        "connection_opened",
+    ]
+    errors = [r for r in caplog.records if r.name == "trio_connmgr.events"]
+    assert len(errors) == 1
+    assert errors[0].levelno == logging.ERROR
+    assert "No space left on device" in caplog.text
+
+
+def test_replay_reads_parsed_objects_and_skips_blank_lines() -> None:
+    lines: list[Any] = [
+        {"kind": "connection_opened", "time": 1.0, "connection_id": 1, "direction": "inbound"},
+        "",
+        '{"kind":"from_the_future","time":2.0}',
+        {"kind": "admission_refused", "time": 3.0, "reason": "subnet"},
+    ]
+    replayed = cm.replay_trace(lines)
+    assert (replayed["connections"], replayed["inbound"]) == (1, 1)
+    assert replayed["refusals"] == {"subnet": 1}
+    assert replayed["events"] == {
+        "connection_opened": 1,
+        "from_the_future": 1,
+        "admission_refused": 1,
+    }
+    assert replayed["time"] == 3.0
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("not json", "trace line 2 is not JSON"),
+        ("[1, 2]", "trace line 2 is not an event object"),
+        ('{"time": 1}', "trace line 2 is not an event object"),
+    ],
+)
+def test_replay_names_the_bad_line(line: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        cm.replay_trace(['{"kind":"trace_started","time":0,"low":1,"high":2,"hard":null}', line])
+
+
+async def test_an_unwritable_trace_is_logged_and_the_manager_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    file = FailingFile(good=0)  # even the header fails
+    async with open_manager(file) as mgr:
+        conn = mgr.track("a", direction="inbound", close=noop_close)
+        conn.release()
+        assert mgr.statistics().connections_closed == 1
+    assert file.getvalue() == ""
+    assert [r.name for r in caplog.records] == ["trio_connmgr.events"]

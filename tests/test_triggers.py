@@ -1,0 +1,176 @@
+"""Triggers (SPEC §8): HighWater, Spike, FailedDials, Interval, and user triggers."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+import trio_connmgr as cm
+from trio_connmgr.triggers import FailedDials, HighWater, Interval, Spike, Trigger, TriggerView
+
+VIEW = TriggerView(count=5, low=2, high=10, hard=None)
+
+
+def test_high_water() -> None:
+    trigger = HighWater()
+    assert trigger.name == "high-water"
+    assert not trigger.check(TriggerView(10, 2, 10, None), 0.0)
+    assert trigger.check(TriggerView(11, 2, 10, None), 0.0)
+    assert trigger.next_check(0.0) == float("inf")
+
+
+def test_spike_counts_openings_within_the_window() -> None:
+    spike = Spike(3, window=1.0)
+    # Three openings are not "more than three".
+    assert [spike.connection_opened(t) for t in (0.0, 0.2, 0.4)] == [False] * 3
+    assert not spike.check(VIEW, 0.4)
+    # The fourth one within a second is.
+    assert spike.connection_opened(0.9) is True
+    assert spike.check(VIEW, 0.9)
+    # Latched until a round completes, and fires once.
+    assert spike.connection_opened(0.95) is False
+    assert spike.check(VIEW, 5.0)
+    spike.round_completed(5.0)
+    assert not spike.check(VIEW, 5.0)
+    # Spread-out openings never make a spike.
+    assert not any(spike.connection_opened(10.0 + 0.5 * i) for i in range(10))
+
+
+def test_failed_dials_ratio_window_and_minimum() -> None:
+    trigger = FailedDials(0.5, window=10.0, min_dials=4)
+    assert trigger.dial_reported(False, None, 0.0) is False  # 1 of 1, below min_dials
+    assert trigger.dial_reported(False, None, 1.0) is False
+    assert trigger.dial_reported(True, 0.1, 2.0) is False
+    assert trigger.failure_ratio(2.0) == pytest.approx(2 / 3)
+    assert trigger.dial_reported(True, 0.1, 3.0) is True  # 2 of 4 = 0.5
+    assert trigger.check(VIEW, 3.0)
+    trigger.round_completed(3.0)
+    assert not trigger.check(VIEW, 3.0)
+    # Old dials leave the window: two failures at t=0, 1 are forgotten by t=11.5.
+    assert trigger.failure_ratio(11.5) == 0.0
+    assert trigger.dial_reported(True, None, 11.6) is False
+    assert trigger.failure_ratio(11.6) == 0.0
+
+
+def test_interval_schedules_itself() -> None:
+    interval = Interval(5.0)
+    assert not interval.check(VIEW, 100.0)
+    assert interval.next_check(100.0) == 105.0
+    assert not interval.check(VIEW, 104.9)
+    assert interval.check(VIEW, 105.0)
+    interval.round_completed(106.0)
+    assert interval.next_check(106.0) == 111.0
+
+
+async def test_high_water_is_always_on(autojump_clock: trio.testing.MockClock) -> None:
+    async with cm.open_connection_manager(
+        limits=cm.Limits(1, 2), grace_period=0, triggers=[Interval(1000)]
+    ) as mgr:
+        assert any(isinstance(t, HighWater) for t in mgr._regulator.triggers)
+        for i in range(3):
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+        await trio.sleep(1)
+        assert mgr.statistics().connections == 1
+        assert mgr.statistics().rounds.last_trigger == "high-water"
+
+
+async def test_spike_fires_a_round_below_high(autojump_clock: trio.testing.MockClock) -> None:
+    async with cm.open_connection_manager(
+        limits=cm.Limits(2, 100), grace_period=0, triggers=[Spike(5, window=1.0)]
+    ) as mgr:
+        for i in range(5):
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+            await trio.sleep(0.1)
+        await trio.sleep(10)
+        assert mgr.statistics().rounds.count == 0
+        assert mgr.statistics().connections == 5
+        # Six within a second: a spike. The round prunes down to low.
+        for i in range(5, 11):
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+            await trio.sleep(0.1)
+        await trio.testing.wait_all_tasks_blocked()
+        stats = mgr.statistics()
+        assert stats.rounds.count == 1
+        assert stats.rounds.last_trigger == "spike"
+        assert stats.connections == 2
+
+
+async def test_failed_dials_fire_a_round(autojump_clock: trio.testing.MockClock) -> None:
+    async with cm.open_connection_manager(
+        limits=cm.Limits(2, 100),
+        grace_period=0,
+        triggers=[FailedDials(0.5, window=30.0, min_dials=10)],
+    ) as mgr:
+        for i in range(6):
+            mgr.track(i, direction="outbound", close=trio.lowlevel.checkpoint)
+        for _ in range(6):
+            mgr.report_dial("peer", ok=True, latency=0.05)
+        for _ in range(3):
+            mgr.report_dial("peer", ok=False)
+        await trio.sleep(1)
+        assert mgr.statistics().rounds.count == 0
+        mgr.report_dial("peer", ok=False)  # 4 of 10 failed
+        mgr.report_dial("peer", ok=False)  # 5 of 11
+        await trio.sleep(1)
+        assert mgr.statistics().rounds.count == 0
+        mgr.report_dial("peer", ok=False)  # 6 of 12: the ratio is reached
+        await trio.testing.wait_all_tasks_blocked()
+        stats = mgr.statistics()
+        assert stats.rounds.count == 1
+        assert stats.rounds.last_trigger == "failed-dials"
+        assert stats.connections == 2
+
+
+async def test_interval_fires_rounds(autojump_clock: trio.testing.MockClock) -> None:
+    async with cm.open_connection_manager(
+        limits=cm.Limits(2, 100), grace_period=0, silence_period=0, triggers=[Interval(60.0)]
+    ) as mgr:
+        conns = [
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint) for i in range(5)
+        ]
+        await trio.sleep(59.9)
+        assert mgr.statistics().rounds.count == 0
+        await trio.sleep(0.2)
+        assert mgr.statistics().rounds.count == 1
+        assert mgr.statistics().rounds.last_trigger == "interval"
+        assert sum(not c.closed for c in conns) == 2
+        await trio.sleep(120)
+        assert mgr.statistics().rounds.count == 3
+
+
+async def test_user_trigger(autojump_clock: trio.testing.MockClock) -> None:
+    class EveryThirdOpening(Trigger):
+        name = "every-third"
+
+        def __init__(self) -> None:
+            self.opened = 0
+            self.completed: list[float] = []
+
+        def connection_opened(self, now: float) -> bool:
+            self.opened += 1
+            return self.opened >= 3
+
+        def check(self, view: TriggerView, now: float) -> bool:
+            return self.opened >= 3
+
+        def round_completed(self, now: float) -> None:
+            self.opened = 0
+            self.completed.append(now)
+
+    trigger = EveryThirdOpening()
+    async with cm.open_connection_manager(
+        limits=cm.Limits(1, 100), grace_period=0, triggers=[trigger]
+    ) as mgr:
+        assert trigger in mgr._regulator.open_hooks
+        assert trigger not in mgr._regulator.dial_hooks
+        mgr.track("a", direction="inbound", close=trio.lowlevel.checkpoint)
+        mgr.track("b", direction="inbound", close=trio.lowlevel.checkpoint)
+        await trio.sleep(1)
+        assert trigger.completed == []
+        await trio.sleep(1)
+        mgr.track("c", direction="inbound", close=trio.lowlevel.checkpoint)
+        await trio.testing.wait_all_tasks_blocked()
+        assert trigger.completed == [2.0]
+        assert mgr.statistics().rounds.last_trigger == "every-third"
+        assert mgr.statistics().connections == 1

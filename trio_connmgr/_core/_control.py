@@ -1,0 +1,146 @@
+"""The share controller: sensor readings in, the next global share out (SPEC §9).
+
+Everything here is synchronous and pure: :func:`decide_share` maps the current
+share and one round of :class:`Reading` objects to a :class:`Decision`. The Trio
+layer (:class:`trio_connmgr.sensing.Sensing`) samples the sensors on its
+interval, calls it, and applies the decision to the state.
+
+The rule is AIMD, as in TCP congestion control:
+
+* ``ceiling = max(floor, min(high, every sensor's ceiling))``;
+* under pressure (any reading has ``pressure=True``):
+  ``share' = min(share - 1, floor(share * decrease))``;
+* healthy: ``share' = share + increase``;
+* and always ``floor <= share' <= ceiling``.
+
+The floor wins over a sensor's ceiling: it is the user's promise that the share
+never collapses below a useful size, whatever a noisy signal says.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import final
+
+import attrs
+
+from .._errors import ConfigError
+
+
+def _frozen_values(values: Mapping[str, float] | None) -> Mapping[str, float]:
+    if values is None:
+        return MappingProxyType({})
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"Reading.values must be a mapping of str to float, got {values!r}")
+    checked: dict[str, float] = {}
+    for key, value in values.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"Reading.values keys must be strings, got {key!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"Reading.values[{key!r}] must be a number, got {value!r}")
+        checked[key] = float(value)
+    return MappingProxyType(checked)
+
+
+@final
+@attrs.frozen
+class Reading:
+    """What one sensor saw at one sample (frozen).
+
+    Attributes:
+        values: The measured figures, by name (for example ``{"open": 57.0,
+            "limit": 1024.0}``); they appear in ``statistics().sensors``.
+        ceiling: The most connections this signal allows, or ``None`` if it does
+            not bound the count. The controller never lets the share exceed the
+            smallest ceiling.
+        pressure: Whether the signal says "too much, back off now". Any reading
+            under pressure makes the controller shrink the share multiplicatively.
+        detail: A short human-readable note (why it is under pressure).
+    """
+
+    values: Mapping[str, float] = attrs.field(factory=dict, converter=_frozen_values)
+    ceiling: int | None = None
+    pressure: bool = False
+    detail: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        ceiling = self.ceiling
+        if ceiling is not None and (
+            isinstance(ceiling, bool) or not isinstance(ceiling, int) or ceiling < 0
+        ):
+            raise ConfigError(
+                f"Reading.ceiling must be a non-negative integer or None, got {ceiling!r}"
+            )
+        if not isinstance(self.pressure, bool):
+            raise ConfigError(f"Reading.pressure must be a bool, got {self.pressure!r}")
+
+
+@final
+@attrs.frozen
+class Decision:
+    """The controller's answer for one interval.
+
+    Attributes:
+        share: The new global share (effective ``high``).
+        ceiling: The ceiling it was held under (already raised to the floor).
+        pressure: Whether any reading was under pressure.
+        cause: Why the share moves (``None`` when it does not): ``"sensing
+            pressure (names)"``, ``"sensing ceiling (names)"`` or ``"sensing recovery"``.
+        pressing: Names of the sensors under pressure.
+        limiting: Names of the sensors whose ceiling is the binding one.
+    """
+
+    share: int
+    ceiling: int
+    pressure: bool
+    cause: str | None
+    pressing: tuple[str, ...] = ()
+    limiting: tuple[str, ...] = ()
+
+
+def decide_share(
+    share: int,
+    readings: Mapping[str, Reading],
+    *,
+    high: int,
+    floor: int,
+    increase: int,
+    decrease: float,
+) -> Decision:
+    """The next global share: additive increase when healthy, multiplicative decrease
+    under pressure, held within ``[floor, ceiling]``.
+
+    Args:
+        share: The current global share.
+        readings: This interval's readings, by sensor name (failed sensors left out).
+        high: The configured ``high`` (the ceiling when no sensor bounds the count).
+        floor: The share never goes below this (it wins over sensor ceilings).
+        increase: Connections added per healthy interval.
+        decrease: Factor in ``(0, 1)`` applied per interval under pressure.
+    """
+    ceiling = high
+    for reading in readings.values():
+        if reading.ceiling is not None and reading.ceiling < ceiling:
+            ceiling = reading.ceiling
+    limiting = tuple(
+        name
+        for name, reading in readings.items()
+        if reading.ceiling is not None and reading.ceiling == ceiling and ceiling < high
+    )
+    ceiling = max(ceiling, floor)
+    pressing = tuple(name for name, reading in readings.items() if reading.pressure)
+    # Multiplicative decrease moves at least one connection; additive increase
+    # moves exactly `increase`.
+    target = min(share - 1, math.floor(share * decrease)) if pressing else share + increase
+    new = min(max(target, floor), ceiling)
+    cause = None
+    if new != share:
+        if pressing and new < share:
+            cause = f"sensing pressure ({', '.join(pressing)})"
+        elif new < share:
+            cause = f"sensing ceiling ({', '.join(limiting) or 'floor'})"
+        else:
+            cause = "sensing recovery"
+    return Decision(new, ceiling, bool(pressing), cause, pressing, limiting)

@@ -1,0 +1,442 @@
+"""py-libp2p: make a connection manager the authority over a host's connections.
+
+``async with attach(host, mgr) as attachment:`` (inside ``host.run(...)`` and
+the manager's block) puts every connection of a running py-libp2p host under the
+manager (install the ``libp2p`` extra: ``pip install 'trio_connmgr[libp2p]'``):
+
+- every py-libp2p connection is tracked with :meth:`ConnectionManager.track`
+  (peer = the remote ``peer.id.ID``, direction, address = the remote IP);
+  inbound connections refused by admission are closed at once;
+- a stream is tracked under the enrollment whose name equals its protocol id,
+  as soon as the protocol is negotiated; streams of protocols nobody enrolled
+  only count as activity on their connection;
+- a prune resets the connection's streams and closes the py-libp2p connection;
+  a connection that py-libp2p closes by itself is released;
+- dials (``Swarm.dial_peer``, which ``host.connect`` and ``host.new_stream``
+  use) are reported to :meth:`ConnectionManager.report_dial`;
+- py-libp2p's own trimming (its ``ConnectionPruner``) and its auto-connector
+  (which re-dials peers whenever the count is under its watermarks) are stopped
+  while attached, and restarted on exit.
+
+See ``docs/adapters.md`` for the py-libp2p settings that must agree with the
+manager (``ConnectionConfig.max_connections``, the resource manager's limits).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from contextlib import asynccontextmanager
+from typing import Any, final
+
+import attrs
+import trio
+
+try:
+    from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "trio_connmgr.libp2p needs py-libp2p: pip install 'trio_connmgr[libp2p]'"
+    ) from exc
+
+from ._config import Direction
+from ._core._state import Connection, Stream
+from ._enrollment import Enrollment
+from ._errors import ConfigError, ConnectionRefused, ManagerClosed
+from ._manager import ConnectionManager
+
+__all__ = ["Attachment", "attach"]
+
+logger = logging.getLogger("trio_connmgr.libp2p")
+
+SWEEP_INTERVAL = 1.0
+"""Seconds between two reconciliations of the tracked connections with the swarm's."""
+CLOSE_TIMEOUT = 5.0
+"""Seconds a refused connection's close may take."""
+
+
+def _direction(obj: object, attribute: str) -> Direction:
+    """A py-libp2p ``rcmgr.Direction`` (``str()`` is "inbound", "outbound", "unknown")."""
+    if str(getattr(obj, attribute, "unknown")) == "inbound":
+        return Direction.INBOUND
+    return Direction.OUTBOUND
+
+
+def _connection_direction(conn: INetConn) -> Direction:
+    text = str(getattr(conn, "direction", "unknown"))
+    if text in ("inbound", "outbound"):
+        return Direction(text)
+    # Unknown: the side that initiated the muxed connection dialled it.
+    initiator = getattr(conn.muxed_conn, "is_initiator", None)
+    return Direction.INBOUND if initiator is False else Direction.OUTBOUND
+
+
+def _remote_ip(conn: INetConn) -> str | None:
+    get_remote = getattr(conn.muxed_conn, "get_remote_address", None)
+    try:
+        remote = get_remote() if callable(get_remote) else None
+    except Exception:
+        return None
+    if isinstance(remote, tuple | list) and len(remote) >= 2:
+        return str(remote[0])
+    return None
+
+
+@final
+@attrs.define(eq=False)
+class _Dial:
+    """A dial in flight: when it started, when its connection arrived."""
+
+    started: float
+    connected: float | None = None
+
+
+@final
+class _Notifee(INotifee):
+    """py-libp2p's network notifications, forwarded to the attachment (sync work only)."""
+
+    def __init__(self, attachment: Attachment) -> None:
+        self._attachment = attachment
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._attachment._adopt(conn)
+        await trio.lowlevel.checkpoint()
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._attachment._forget(conn)
+        await trio.lowlevel.checkpoint()
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        self._attachment._stream_opened(stream)
+        await trio.lowlevel.checkpoint()
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        self._attachment._stream_closed(stream)
+        await trio.lowlevel.checkpoint()
+
+    async def listen(self, network: INetwork, multiaddr: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def listen_close(self, network: INetwork, multiaddr: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@final
+class Attachment:
+    """The link between a py-libp2p host and a manager (from :func:`attach`).
+
+    Its methods are synchronous and never block.
+
+    Attributes:
+        closed: Whether the ``attach()`` block has ended (nothing is tracked any more).
+    """
+
+    def __init__(self, host: IHost, manager: ConnectionManager, nursery: trio.Nursery) -> None:
+        self._host = host
+        self._manager = manager
+        self._swarm: Any = host.get_network()
+        self._nursery = nursery
+        self._conns: dict[INetConn, Connection] = {}
+        self._refused: set[INetConn] = set()
+        self._streams: dict[INetStream, Stream] = {}
+        self._dials: dict[Hashable, list[_Dial]] = {}
+        self._original_dial: Callable[[Any], Awaitable[Any]] | None = None
+        self.closed = False
+
+    @property
+    def host(self) -> IHost:
+        """The py-libp2p host."""
+        return self._host
+
+    @property
+    def manager(self) -> ConnectionManager:
+        """The connection manager."""
+        return self._manager
+
+    def connection_for(self, conn: INetConn) -> Connection | None:
+        """The :class:`~trio_connmgr.Connection` tracking a py-libp2p connection, if any."""
+        return self._conns.get(conn)
+
+    def stream_for(self, stream: INetStream) -> Stream | None:
+        """The :class:`~trio_connmgr.Stream` tracking a py-libp2p stream, if any.
+
+        A stream is tracked once its protocol is negotiated (before the protocol
+        handler runs, and before ``host.new_stream`` returns) if an enrollment of
+        that name exists. Use the result to ``touch()`` it, lock it or enlist it
+        in a burst.
+        """
+        return self._streams.get(stream)
+
+    # ---------------------------------------------------------- connections
+
+    def _adopt(self, conn: INetConn) -> Connection | None:
+        """Track ``conn`` (idempotent); close it if admission refuses it."""
+        if self.closed or conn in self._refused:
+            return None
+        tracked = self._conns.get(conn)
+        if tracked is not None:
+            return tracked
+        if conn.is_closed:
+            return None
+        peer = conn.muxed_conn.peer_id
+        direction = _connection_direction(conn)
+        try:
+            tracked = self._manager.track(
+                peer,
+                direction=direction,
+                address=_remote_ip(conn),
+                close=lambda: self._close_connection(conn),
+            )
+        except ConnectionRefused as exc:
+            logger.debug("closing %s connection of %s: %s", direction.value, peer, exc)
+            self._refused.add(conn)
+            self._nursery.start_soon(self._close_refused, conn)
+            return None
+        except ManagerClosed:
+            return None
+        self._conns[conn] = tracked
+        if direction is Direction.OUTBOUND:
+            for dial in self._dials.get(peer, ()):
+                if dial.connected is None:
+                    dial.connected = tracked.opened_at
+        for stream in conn.get_streams():
+            self._stream_opened(stream)
+        return tracked
+
+    def _forget(self, conn: INetConn) -> None:
+        """py-libp2p reported (or the sweep found) ``conn`` closed: stop counting it."""
+        self._refused.discard(conn)
+        tracked = self._conns.pop(conn, None)
+        if tracked is None:
+            return
+        for stream in [s for s, t in self._streams.items() if t.connection is tracked]:
+            del self._streams[stream]
+        tracked.release()
+
+    async def _close_connection(self, conn: INetConn) -> None:
+        """The manager's ``close`` callback (pruned, or the manager closing)."""
+        # Reset the streams first: a remote handler blocked in read() then wakes
+        # with StreamReset at once instead of waiting on the connection's close.
+        for stream in list(conn.get_streams()):
+            try:
+                await stream.reset()
+            except Exception:
+                logger.debug("resetting %r before closing its connection failed", stream)
+        await conn.close()
+
+    async def _close_refused(self, conn: INetConn) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            try:
+                await conn.close()
+            except Exception:
+                logger.exception("closing a refused connection failed")
+
+    def _sweep_once(self) -> None:
+        """Reconcile with the swarm: release vanished connections, adopt missed ones."""
+        swarm = self._swarm
+        live: dict[Any, list[INetConn]] = getattr(swarm, "connections", {})
+        for conn in list(self._conns):
+            muxed = conn.muxed_conn
+            if conn.is_closed or muxed.is_closed or conn not in live.get(muxed.peer_id, ()):
+                self._forget(conn)
+        for conn in swarm.get_connections():
+            if conn not in self._conns and conn not in self._refused:
+                self._adopt(conn)
+
+    async def _run_sweeper(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            self._sweep_once()
+
+    # --------------------------------------------------------------- streams
+
+    def _stream_opened(self, stream: INetStream) -> None:
+        if self.closed or stream in self._streams:
+            return
+        swarm_conn = getattr(stream, "swarm_conn", None)
+        tracked = None if swarm_conn is None else self._adopt(swarm_conn)
+        if tracked is None:
+            return
+        tracked.last_active = trio.current_time()
+        protocol = stream.get_protocol()
+        if protocol is not None:
+            self._negotiated(stream, str(protocol))
+            return
+        # The notification comes before multistream-select has chosen the
+        # protocol: learn it when py-libp2p records it with set_protocol().
+        original = stream.set_protocol
+
+        def set_protocol(protocol_id: Any) -> None:
+            original(protocol_id)
+            self._negotiated(stream, str(protocol_id))
+
+        stream.set_protocol = set_protocol  # type: ignore[method-assign]
+
+    def _negotiated(self, stream: INetStream, protocol: str) -> None:
+        if self.closed or stream in self._streams:
+            return
+        tracked = self._conns.get(getattr(stream, "swarm_conn", None))  # type: ignore[arg-type]
+        if tracked is None or tracked.closed:
+            return
+        now = trio.current_time()
+        tracked.last_active = now
+        member = self._manager._state.members.get(protocol)
+        if not isinstance(member, Enrollment) or member.closed:
+            return  # not enrolled: activity on the connection only
+        if getattr(stream, "is_closed", False):
+            return
+        self._streams[stream] = member.track_stream(
+            tracked, direction=_direction(stream, "_direction")
+        )
+
+    def _stream_closed(self, stream: INetStream) -> None:
+        tracked = self._streams.pop(stream, None)
+        if tracked is not None:
+            tracked.close()
+            return
+        swarm_conn = getattr(stream, "swarm_conn", None)
+        conn = self._conns.get(swarm_conn) if swarm_conn is not None else None
+        if conn is not None and not conn.closed:
+            conn.last_active = trio.current_time()
+
+    # ------------------------------------------------------------------ dials
+
+    async def _dial_peer(self, peer_id: Any) -> Any:
+        """``Swarm.dial_peer`` with its outcome reported to the manager."""
+        original = self._original_dial
+        assert original is not None
+        swarm = self._swarm
+        cache = getattr(swarm, "_negative_peer_cache", None)
+        if (
+            self.closed
+            # Reuses a live connection: nothing is dialled.
+            or any(not c.is_closed for c in swarm.get_connections(peer_id))
+            # Fails at once from py-libp2p's negative cache: nothing is dialled.
+            or (cache is not None and cache.is_blocked(str(peer_id)))
+            # Waits for another task's dial, which reports itself.
+            or peer_id in getattr(swarm, "_ongoing_dials", {})
+        ):
+            return await original(peer_id)
+        dial = _Dial(trio.current_time())
+        self._dials.setdefault(peer_id, []).append(dial)
+        try:
+            result = await original(peer_id)
+        except Exception:
+            if not self.closed:
+                self._manager.report_dial(
+                    peer_id, ok=False, latency=trio.current_time() - dial.started
+                )
+            raise
+        finally:
+            dials = self._dials[peer_id]
+            dials.remove(dial)
+            if not dials:
+                del self._dials[peer_id]
+        # Swarm.dial_peer lingers (happy eyeballs, 250 ms) after the connection is
+        # up: the latency is the time to the connection, not to the return.
+        end = dial.connected if dial.connected is not None else trio.current_time()
+        if not self.closed:
+            self._manager.report_dial(peer_id, ok=True, latency=end - dial.started)
+        return result
+
+
+def _check_settings(swarm: Any, manager: ConnectionManager) -> None:
+    """Refuse py-libp2p settings that would fight the manager."""
+    limits = manager._state.limits
+    needed = limits.hard if limits.hard is not None else limits.high
+    config = getattr(swarm, "connection_config", None)
+    max_connections = getattr(config, "max_connections", None)
+    if isinstance(max_connections, int) and max_connections < needed:
+        which = "hard" if limits.hard is not None else "high"
+        raise ConfigError(
+            f"py-libp2p ConnectionConfig.max_connections={max_connections} is below the "
+            f"manager's {which}={needed}: py-libp2p would close the connections the manager "
+            f"means to keep; pass new_host(connection_config=ConnectionConfig("
+            f"max_connections=...)) with at least {needed}"
+        )
+
+
+@asynccontextmanager
+async def attach(host: IHost, manager: ConnectionManager) -> AsyncIterator[Attachment]:
+    """Put a running py-libp2p host's connections under ``manager`` for an ``async with`` block.
+
+    Enter it inside ``host.run(...)`` (the swarm must be running) and inside the
+    manager's block. Entering adopts the connections the host already has,
+    stops py-libp2p's ``ConnectionPruner`` and auto-connector, registers a
+    network notifee and wraps the swarm's ``dial_peer`` (to report dials); it
+    checkpoints. Leaving undoes all of it and releases the tracked connections
+    (they stay open: the host keeps them, the manager stops counting them).
+
+    Yields:
+        The :class:`Attachment`, to find the manager's view of a py-libp2p
+        connection or stream.
+
+    Raises:
+        ConfigError: the host is not running, is already attached, or its
+            ``ConnectionConfig.max_connections`` is below the manager's ``hard``
+            (or ``high`` without ``hard``).
+    """
+    await trio.lowlevel.checkpoint()
+    swarm: Any = host.get_network()
+    started = getattr(swarm, "event_background_nursery_created", None)
+    if started is None or not started.is_set() or getattr(swarm, "_closing", False):
+        raise ConfigError("attach() needs a running host: enter it inside host.run(...)")
+    if getattr(swarm, "_trio_connmgr_attachment", None) is not None:
+        raise ConfigError("this py-libp2p host is already attached to a connection manager")
+    _check_settings(swarm, manager)
+
+    pruner: Any = getattr(swarm, "connection_pruner", None)
+    connector: Any = getattr(swarm, "auto_connector", None)
+    pruner_was_started = bool(getattr(pruner, "_started", False))
+    connector_was_started = bool(getattr(connector, "_started", False))
+
+    body_error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        attachment = Attachment(host, manager, nursery)
+        notifee = _Notifee(attachment)
+        swarm._trio_connmgr_attachment = attachment
+        try:
+            # py-libp2p's own regulation would fight the manager's: its pruner
+            # closes connections above its high watermark, and its auto-connector
+            # dials known peers whenever the count is under its low watermark
+            # (that is, right after every prune).
+            if pruner_was_started:
+                await pruner.stop()
+            if connector_was_started:
+                await connector.stop()
+            swarm.register_notifee(notifee)
+            attachment._original_dial = swarm.dial_peer
+            swarm.dial_peer = attachment._dial_peer
+            attachment._sweep_once()  # adopt the connections the host already has
+            await nursery.start(attachment._run_sweeper)
+            try:
+                yield attachment
+            except trio.Cancelled:
+                raise
+            except BaseException as exc:
+                # The body's own error leaves unwrapped, after the cleanup.
+                body_error = exc
+        finally:
+            attachment.closed = True
+            nursery.cancel_scope.cancel()
+            if swarm.__dict__.get("dial_peer") == attachment._dial_peer:
+                del swarm.dial_peer
+            swarm.remove_notifee(notifee)
+            for tracked in list(attachment._conns.values()):
+                tracked.release()
+            attachment._conns.clear()
+            attachment._streams.clear()
+            swarm._trio_connmgr_attachment = None
+            with trio.CancelScope(shield=True):
+                if pruner_was_started:
+                    await pruner.start()
+                if connector_was_started and not getattr(swarm, "_closing", False):
+                    await connector.start()
+                    background = getattr(swarm, "background_nursery", None)
+                    if background is not None:
+                        await connector.run_background_task(background)
+    if body_error is not None:
+        raise body_error

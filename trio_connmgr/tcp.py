@@ -1,0 +1,166 @@
+"""Plain TCP with Trio: a server and a client whose connections the manager counts.
+
+:func:`serve_tcp` is :func:`trio.serve_tcp` with a manager in the middle: every
+accepted :class:`trio.SocketStream` is admitted as an inbound connection, and
+the handler runs inside the connection's cancel scope, so pruning the
+connection cancels the handler and closes the socket.
+:func:`open_tcp_connection` dials with :func:`trio.open_tcp_stream`, reports the
+dial to :meth:`ConnectionManager.report_dial` and counts the outbound connection
+for the duration of an ``async with`` block.
+
+A plain TCP connection usually carries a single stream of a single protocol:
+open it with ``async with enrollment.stream(conn) as s:`` inside the handler (or
+the client's block) and call ``s.touch(nbytes)`` as bytes flow.
+
+Peers and addresses: unless told otherwise, a connection's ``peer`` is the
+remote ``"host:port"`` string and its ``address`` the remote IP address (what
+admission's subnet rules match).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import trio
+
+from ._errors import ConnectionRefused, ManagerClosed
+
+if TYPE_CHECKING:
+    from ._core._state import Connection
+    from ._manager import ConnectionManager
+
+__all__ = ["open_tcp_connection", "serve_tcp"]
+
+logger = logging.getLogger("trio_connmgr.tcp")
+
+Handler = Callable[[trio.SocketStream, "Connection"], Awaitable[object]]
+"""A connection handler: ``await handler(stream, conn)``."""
+
+
+def _remote(stream: trio.SocketStream) -> tuple[str, str | None]:
+    """``("host:port", "host")`` of the socket's remote end (``("unknown", None)`` if gone)."""
+    try:
+        sockaddr: Any = stream.socket.getpeername()
+    except OSError:
+        return "unknown", None
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
+        host, port = str(sockaddr[0]), sockaddr[1]
+        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), host
+    return str(sockaddr), None
+
+
+async def _close_socket(stream: trio.SocketStream) -> None:
+    # SocketStream.aclose() closes the file descriptor before its checkpoint,
+    # so the socket is closed even when we are being cancelled; the shield only
+    # keeps that checkpoint from raising Cancelled out of cleanup code.
+    with trio.CancelScope(shield=True):
+        await stream.aclose()
+
+
+async def serve_tcp(
+    handler: Handler,
+    port: int,
+    *,
+    manager: ConnectionManager,
+    host: str | None = "127.0.0.1",
+    peer_of: Callable[[trio.SocketStream], Hashable] | None = None,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Listen on ``host:port`` and run ``handler(stream, conn)`` for each admitted connection.
+
+    The shape of :func:`trio.serve_tcp`: it opens the listeners, calls
+    ``task_status.started(listeners)`` and serves until cancelled (use
+    ``await nursery.start(serve_tcp, ...)`` to learn the port when ``port=0``).
+
+    For every accepted socket it enters ``manager.connection(peer,
+    direction="inbound", address=ip)``:
+
+    - if admission refuses (:class:`ConnectionRefused`, counted by the manager in
+      ``statistics().refusals``) or the manager is closed, the socket is closed
+      at once and the handler never runs;
+    - otherwise the handler runs inside the connection's cancel scope: when the
+      manager prunes the connection the handler is cancelled, quietly, and the
+      socket is closed, so the remote end sees end-of-file or a reset.
+
+    The socket is closed with ``aclose()`` whatever happens, including when the
+    handler raises (the error then propagates and stops the server, as with
+    :func:`trio.serve_tcp`).
+
+    Args:
+        handler: ``async def handler(stream, conn)``; ``conn`` is the
+            :class:`~trio_connmgr.Connection`.
+        port: TCP port (``0`` picks a free one).
+        manager: The :class:`~trio_connmgr.ConnectionManager` that counts the connections.
+        host: Interface to listen on (``None``: every interface).
+        peer_of: Returns the peer identity of a new stream; default: the remote
+            ``"host:port"``.
+        handler_nursery: Nursery to run the handlers in (default: an internal one).
+        task_status: Receives the list of :class:`trio.SocketListener`.
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+
+    async def serve_one(stream: trio.SocketStream) -> None:
+        admitted = False
+        try:
+            key, address = _remote(stream)
+            peer: Hashable = key if peer_of is None else peer_of(stream)
+            async with manager.connection(peer, direction="inbound", address=address) as conn:
+                admitted = True
+                await handler(stream, conn)
+        except (ConnectionRefused, ManagerClosed) as exc:
+            if admitted:
+                raise  # the handler's own error, not admission
+            logger.debug("inbound TCP connection from %s not admitted: %s", stream, exc)
+        finally:
+            await _close_socket(stream)
+
+    await trio.serve_listeners(
+        serve_one, listeners, handler_nursery=handler_nursery, task_status=task_status
+    )
+
+
+@asynccontextmanager
+async def open_tcp_connection(
+    manager: ConnectionManager,
+    host: str,
+    port: int,
+    *,
+    peer: Hashable | None = None,
+) -> AsyncIterator[tuple[trio.SocketStream, Connection]]:
+    """Dial ``host:port`` and count the connection for the duration of an ``async with`` block.
+
+    Entering dials with :func:`trio.open_tcp_stream` (it blocks for the dial),
+    reports the outcome and its latency (on the manager's clock) to
+    :meth:`ConnectionManager.report_dial`, then counts the outbound connection and
+    yields ``(stream, conn)``. A failed dial is reported and its ``OSError``
+    propagates; a cancelled dial is not reported.
+
+    The block runs inside the connection's cancel scope: if the manager prunes
+    the connection, the block is cancelled and exits quietly (check
+    ``conn.close_reason``). Exiting, for any reason, closes the socket and stops
+    counting the connection; it never blocks beyond closing the socket.
+
+    Args:
+        manager: The :class:`~trio_connmgr.ConnectionManager`.
+        host: Host name or IP address to dial.
+        port: TCP port to dial.
+        peer: The peer identity (default: ``"host:port"``).
+    """
+    key: Hashable = peer if peer is not None else f"{host}:{port}"
+    started = trio.current_time()
+    try:
+        stream = await trio.open_tcp_stream(host, port)
+    except Exception:
+        manager.report_dial(key, ok=False, latency=trio.current_time() - started)
+        raise
+    manager.report_dial(key, ok=True, latency=trio.current_time() - started)
+    try:
+        _, address = _remote(stream)
+        async with manager.connection(key, direction="outbound", address=address) as conn:
+            yield stream, conn
+    finally:
+        await _close_socket(stream)
