@@ -221,8 +221,13 @@ class Regulator:
             count_before = state.count
             plan: Plan = await drive(plan_round(state, now, trigger=trigger, forced=forced))
             revoked = 0
-            if plan.shortfall and (forced or emergency or self.pressure):
-                for conn in lock_revocations(state, now, plan.shortfall):
+            wanted = plan.shortfall
+            if not forced:
+                # Connections in their grace period become prunable on their own
+                # soon: revoke locks only for the shortfall grace cannot explain.
+                wanted -= plan.excluded.get("grace", 0)
+            if wanted > 0 and (forced or emergency or self.pressure):
+                for conn in lock_revocations(state, now, wanted):
                     for lock in list(conn._locks):
                         revoked += state.end_lock(lock, "revoked")
                 if revoked:
