@@ -90,4 +90,4 @@ async def test_cancel_at_every_checkpoint(figures: Figures) -> None:
                 break
             assert step < 200, "the sequence never completed"
         figures["cancel points exercised"] = step - 1
-        assert step > 10  # the sequence really has many checkpoints
+        assert step > 8  # the sequence really has many checkpoints (9 or 10, by scheduling order)
