@@ -332,9 +332,11 @@ async def test_reaching_hard_is_an_emergency_at_once(
             assert mgr.statistics().connections == 4
             assert [lock.status for lock in locks] == ["held"] * 3
         else:
-            # The newcomer is in its grace period: the three locked ones go.
-            assert [lock.status for lock in locks] == ["revoked"] * 3
-            assert mgr.connections == (newcomer,)
+            # Target 3, no candidate: the newcomer is in its grace period and will
+            # be prunable on its own soon, so only the two lowest-tally locks of the
+            # shortfall it cannot explain are revoked.
+            assert [lock.status for lock in locks] == ["revoked", "revoked", "held"]
+            assert set(mgr.connections) == {locks[2].stream.connection, newcomer}
 
 
 async def test_sensing_pressure_revokes(autojump_clock: trio.testing.MockClock) -> None:

@@ -1,0 +1,327 @@
+"""check_invariants: SPEC §12 asserted on a live (or closed) manager."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .._config import Direction
+from .._core._events import RoundCompleted
+from .._core._planner import Phase
+from .._core._quota import allocate
+from ._time import RoundResult
+
+if TYPE_CHECKING:
+    from .._core._state import Connection, State
+    from .._manager import ConnectionManager
+
+# Tolerance for comparing times on the manager clock.
+_EPSILON = 1e-9
+
+
+def check_invariants(
+    manager: ConnectionManager,
+    *,
+    last_round: RoundResult | RoundCompleted | None = None,
+    allow_round_failures: bool = False,
+) -> None:
+    """Assert SPEC §12 (and the bookkeeping it relies on) on a live or closed manager.
+
+    Synchronous and read-only: call it between any two steps of a test. It
+    checks everything that can be checked on the manager as it is now:
+
+    - **connections**: every counted connection is open and registered under its
+      id; the counts by direction add up (``inbound + outbound == count``);
+    - **streams**: no open stream on a closed connection or of a protocol that
+      has left; each connection's per-protocol stream counts match its streams;
+    - **usage** (§4): each protocol's ``usage`` equals the number of distinct
+      connections carrying at least one of its open streams;
+    - **grants** (§12.5): the sum of ``grant.min`` is at most ``G`` and
+      ``min <= max <= G`` for each grant, and every grant is the one the
+      allocation gives for the current ``G`` and quotas (none is stale);
+    - **locks** (§6): the locked-connection count matches the connections with
+      held locks and is within the lock budget (for the configured ``low``:
+      sensing may shrink the budget below locks granted earlier), and every held
+      lock sits on its stream's open connection and is counted for its protocol;
+    - **regulation** (§12.6): no round has failed, unless
+      ``allow_round_failures``;
+    - **the last round**, if given (§12.1, 2, 4, 7): after a round that started
+      above ``high``, ``count_after <= max(low, unprunable)``; with a
+      :class:`RoundResult`, also: each pruned connection is closed as
+      ``"pruned"`` with no open stream, was past its grace period, victims have
+      distinct ranks with burst-phase victims first, and only a forced round
+      took a protocol below its ``grant.min``;
+    - **a closed manager** (§12.8): no connection, no enrollment left.
+
+    Args:
+        manager: The manager to check.
+        last_round: The latest round: from :func:`force_round`, from
+            :func:`record_rounds`, or a :class:`trio_connmgr.RoundCompleted`
+            event. Pass it right after the round (or before the effective
+            ``low`` changes).
+        allow_round_failures: Do not fail because a round raised (for tests that
+            inject failures on purpose).
+
+    Raises:
+        AssertionError: listing every violation found, one per line, for example
+            ``"usage of '/kad' is 3 but its open streams are on 2 connections"``.
+    """
+    state = manager._state
+    problems: list[str] = []
+    if state.closed:
+        _check_closed(state, problems)
+    else:
+        _check_connections(state, problems)
+        _check_streams(state, problems)
+        _check_grants(state, problems)
+        _check_locks(state, problems)
+    if state.rounds.failures and not allow_round_failures:
+        problems.append(
+            f"{state.rounds.failures} regulation round(s) raised (invariant 6: a round "
+            "never breaks; see the 'trio_connmgr.regulator' log)"
+        )
+    if last_round is not None:
+        _check_round(state, last_round, problems)
+    if problems:
+        raise AssertionError(
+            f"trio_connmgr invariants violated ({len(problems)}):\n  - " + "\n  - ".join(problems)
+        )
+
+
+def _check_closed(state: State, problems: list[str]) -> None:
+    if state.connections:
+        problems.append(
+            f"the manager is closed but still counts {len(state.connections)} connection(s): "
+            f"{sorted(state.connections)}"
+        )
+    if state.inbound or state.outbound:
+        problems.append(
+            f"the manager is closed but counts inbound={state.inbound}, outbound={state.outbound}"
+        )
+    if state.members:
+        problems.append(
+            "the manager is closed but these protocols are still enrolled: "
+            f"{sorted(state.members)}"
+        )
+    if state.locked_connections:
+        problems.append(
+            f"the manager is closed but {state.locked_connections} connection(s) count as locked"
+        )
+
+
+def _check_connections(state: State, problems: list[str]) -> None:
+    inbound = outbound = 0
+    for key, conn in state.connections.items():
+        if conn.id != key:
+            problems.append(f"connection #{conn.id} is registered under id {key}")
+        if conn.closed:
+            problems.append(
+                f"connection #{conn.id} is closed ({conn.close_reason}) but still counted"
+            )
+        if conn.direction is Direction.INBOUND:
+            inbound += 1
+        else:
+            outbound += 1
+    if (state.inbound, state.outbound) != (inbound, outbound):
+        problems.append(
+            f"counts by direction are inbound={state.inbound}, outbound={state.outbound} "
+            f"but the connections are {inbound} inbound and {outbound} outbound"
+        )
+    if state.inbound + state.outbound != state.count:
+        problems.append(
+            f"inbound ({state.inbound}) + outbound ({state.outbound}) != count ({state.count})"
+        )
+
+
+def _check_streams(state: State, problems: list[str]) -> None:
+    members = set(state.members.values())
+    for conn in state.connections.values():
+        per_member: dict[object, int] = {}
+        for stream in conn.streams:
+            if stream.closed:
+                problems.append(f"closed stream #{stream.id} is still on connection #{conn.id}")
+            if stream.connection is not conn:
+                problems.append(
+                    f"stream #{stream.id} is on connection #{conn.id} but belongs to "
+                    f"#{stream.connection.id}"
+                )
+            if stream._member not in members:
+                problems.append(
+                    f"stream #{stream.id} on connection #{conn.id} belongs to "
+                    f"{stream.protocol!r}, which is not enrolled"
+                )
+            per_member[stream._member] = per_member.get(stream._member, 0) + 1
+        counted = {m: n for m, n in conn._protocols.items() if n}
+        if counted != per_member:
+            problems.append(
+                f"connection #{conn.id} counts streams per protocol "
+                f"{_by_name(counted)} but carries {_by_name(per_member)}"
+            )
+    for member in state.members.values():
+        if member.closed:
+            problems.append(f"protocol {member.name!r} has left but is still enrolled")
+        carriers: set[int] = set()
+        for stream in member.streams:
+            conn = stream.connection
+            if stream.closed:
+                problems.append(f"closed stream #{stream.id} is still counted for {member.name!r}")
+            elif conn.closed:
+                problems.append(
+                    f"stream #{stream.id} of {member.name!r} is open on closed connection "
+                    f"#{conn.id} ({conn.close_reason})"
+                )
+            elif stream not in conn.streams:
+                problems.append(
+                    f"stream #{stream.id} of {member.name!r} is missing from connection "
+                    f"#{conn.id}'s streams"
+                )
+            carriers.add(conn.id)
+        if member.usage != len(carriers):
+            problems.append(
+                f"usage of {member.name!r} is {member.usage} but its open streams are on "
+                f"{len(carriers)} connection(s)"
+            )
+
+
+def _by_name(counts: Mapping[Any, int]) -> dict[str, int]:
+    return {getattr(m, "name", repr(m)): n for m, n in counts.items()}
+
+
+def _check_grants(state: State, problems: list[str]) -> None:
+    share = state.share
+    members = list(state.members.values())
+    total = 0
+    for member in members:
+        grant = member.grant
+        total += grant.min
+        if not 0 <= grant.min <= grant.max <= share:
+            problems.append(
+                f"grant of {member.name!r} is min={grant.min}, max={grant.max}: "
+                f"invariant 5 wants 0 <= min <= max <= G={share}"
+            )
+    if total > share:
+        problems.append(f"the grant mins add up to {total} > G={share} (invariant 5)")
+    expected = allocate(share, [m.quota for m in members])
+    for member, grant in zip(members, expected, strict=True):
+        if member.grant != grant:
+            problems.append(
+                f"grant of {member.name!r} is min={member.grant.min}, max={member.grant.max} "
+                f"but allocation gives min={grant.min}, max={grant.max} for G={share} (stale)"
+            )
+
+
+def _check_locks(state: State, problems: list[str]) -> None:
+    locked = [conn for conn in state.connections.values() if conn._locks]
+    if state.locked_connections != len(locked):
+        problems.append(
+            f"locked_connections is {state.locked_connections} but {len(locked)} "
+            "connection(s) hold locks"
+        )
+    configured = state._lock_budget
+    if configured is None:
+        # SPEC §6: the default budget is half of low. Sensing may lower low (and the
+        # budget with it) below what held locks were granted under: those locks stay
+        # until they end, so the bound is the budget for the configured low.
+        configured = state.limits.low // 2
+        if state.lock_budget != state.low // 2:
+            problems.append(
+                f"the lock budget is {state.lock_budget} but half of low={state.low} is "
+                f"{state.low // 2} (SPEC §6 default)"
+            )
+    if len(locked) > configured:
+        problems.append(
+            f"{len(locked)} connections are locked, over the lock budget of {configured}"
+        )
+    per_member: dict[object, dict[int, int]] = {}
+    for conn in locked:
+        for lock in conn._locks:
+            if not lock.held:
+                problems.append(
+                    f"lock #{lock.id} protects connection #{conn.id} but is {lock.status}"
+                )
+            if lock.stream.connection is not conn:
+                problems.append(
+                    f"lock #{lock.id} sits on connection #{conn.id} but its stream is on "
+                    f"#{lock.stream.connection.id}"
+                )
+            counts = per_member.setdefault(lock._member, {})
+            counts[conn.id] = counts.get(conn.id, 0) + 1
+    for member in state.members.values():
+        have = {conn.id: n for conn, n in member._locked.items()}
+        if have != per_member.get(member, {}):
+            problems.append(
+                f"{member.name!r} counts locks {have} (connection id: locks) but holds "
+                f"{per_member.get(member, {})}"
+            )
+        for conn in member._locked:
+            if conn.closed:
+                problems.append(f"{member.name!r} counts a lock on closed connection #{conn.id}")
+
+
+def _check_round(
+    state: State, last_round: RoundResult | RoundCompleted, problems: list[str]
+) -> None:
+    if isinstance(last_round, RoundResult):
+        completed = last_round.completed
+        pruned: Iterable[Connection] = last_round.pruned
+    else:
+        completed = last_round
+        pruned = ()
+    if completed.count_before > state.high:
+        bound = max(state.low, completed.unprunable)
+        if completed.count_after > bound:
+            problems.append(
+                f"round {completed.number} ({completed.trigger}) started at count "
+                f"{completed.count_before} > high={state.high} and left {completed.count_after} "
+                f"connections, above max(low={state.low}, unprunable={completed.unprunable}) "
+                "(invariant 1)"
+            )
+    pruned = list(pruned)
+    ranks: list[int] = []
+    for conn in pruned:
+        reason = conn.prune_reason
+        if not conn.closed or conn.close_reason != "pruned" or reason is None:
+            problems.append(
+                f"connection #{conn.id} was reported pruned by round {completed.number} but "
+                f"is {conn.close_reason or 'open'} with prune_reason {reason}"
+            )
+            continue
+        ranks.append(reason.rank)
+        if conn.streams:
+            problems.append(
+                f"pruned connection #{conn.id} still has {len(conn.streams)} open stream(s) "
+                "(invariant 7)"
+            )
+        if completed.time - conn.opened_at < state.grace_period - _EPSILON:
+            problems.append(
+                f"connection #{conn.id} was pruned at t={completed.time:.3f}, "
+                f"{completed.time - conn.opened_at:.3f}s after opening, within its grace "
+                f"period of {state.grace_period}s (invariant 2)"
+            )
+        if reason.forced and not completed.forced:
+            problems.append(
+                f"connection #{conn.id} was taken below a grant.min by round "
+                f"{completed.number}, which was not forced (invariant 3)"
+            )
+    if len(set(ranks)) != len(ranks):
+        problems.append(f"round {completed.number} gave duplicate ranks {sorted(ranks)}")
+    burst = [
+        c.prune_reason.rank
+        for c in pruned
+        if c.prune_reason and c.prune_reason.phase is Phase.BURST
+    ]
+    other = [
+        c.prune_reason.rank
+        for c in pruned
+        if c.prune_reason and c.prune_reason.phase is not Phase.BURST
+    ]
+    if burst and other and max(burst) > min(other):
+        problems.append(
+            f"round {completed.number} pruned a burst-only connection (rank {max(burst)}) after "
+            f"another victim (rank {min(other)}) (invariant 4)"
+        )
+    if len(pruned) != completed.victims and isinstance(last_round, RoundResult):
+        problems.append(
+            f"round {completed.number} reports {completed.victims} victim(s) but "
+            f"{len(pruned)} connection(s) were pruned"
+        )

@@ -1,0 +1,96 @@
+"""Scorers for tests: well-behaved ones, and garbage-returning or raising ones (flagged)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, final
+
+import attrs
+
+if TYPE_CHECKING:
+    from .._core._state import Stream
+
+
+class TestScorer:
+    """Base class of the scorers the toolkit generates.
+
+    Attributes:
+        well_behaved: ``True`` if it always returns a float in ``[0, 1]``;
+            ``False`` for the ones that return garbage or raise (SPEC §12.6 says
+            a round must survive them: the manager uses the neutral 0.5 or clamps).
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name says
+    well_behaved: ClassVar[bool] = True
+
+    def __call__(self, stream: Stream) -> Any:
+        """Score ``stream``."""
+        raise NotImplementedError
+
+
+@final
+@attrs.frozen
+class ConstantScorer(TestScorer):
+    """Returns ``value`` for every stream."""
+
+    value: float
+
+    def __call__(self, stream: Stream) -> float:
+        """Return ``value``."""
+        return self.value
+
+
+@final
+@attrs.frozen
+class IdScorer(TestScorer):
+    """A deterministic spread of scores in ``[0, 1)``, from the stream id and ``salt``."""
+
+    salt: int = 0
+
+    def __call__(self, stream: Stream) -> float:
+        """Return a pseudo-random but reproducible score for ``stream``."""
+        return ((stream.id + self.salt) * 0.6180339887498949) % 1.0
+
+
+@final
+@attrs.frozen
+class MetadataScorer(TestScorer):
+    """Returns ``stream.metadata[key]`` if set (the protocol's own rating), else ``default``."""
+
+    key: str = "score"
+    default: float = 0.5
+
+    def __call__(self, stream: Stream) -> float:
+        """Return the stored score, or the default."""
+        value = stream.metadata.get(self.key, self.default)
+        return float(value)
+
+
+@final
+@attrs.frozen
+class GarbageScorer(TestScorer):
+    """Returns ``value`` whatever it is: NaN, infinities, out-of-range numbers, non-numbers."""
+
+    well_behaved: ClassVar[bool] = False
+    value: Any
+
+    def __call__(self, stream: Stream) -> Any:
+        """Return the garbage."""
+        return self.value
+
+
+@final
+@attrs.frozen
+class RaisingScorer(TestScorer):
+    """Raises ``RuntimeError(message)`` on every ``every``-th call (1: always)."""
+
+    well_behaved: ClassVar[bool] = False
+    message: str = "scorer failure"
+    every: int = 1
+    _calls: list[int] = attrs.field(factory=lambda: [0], eq=False, repr=False)
+
+    def __call__(self, stream: Stream) -> float:
+        """Raise, or return 0.5 between failures."""
+        self._calls[0] += 1
+        if self._calls[0] % self.every == 0:
+            raise RuntimeError(self.message)
+        return 0.5
