@@ -7,7 +7,15 @@ import trio
 import trio.testing
 
 import trio_connmgr as cm
-from trio_connmgr.triggers import FailedDials, HighWater, Interval, Spike, Trigger, TriggerView
+from trio_connmgr.triggers import (
+    FailedDials,
+    HighWater,
+    Interval,
+    Pressure,
+    Spike,
+    Trigger,
+    TriggerView,
+)
 
 VIEW = TriggerView(count=5, low=2, high=10, hard=None)
 
@@ -174,3 +182,30 @@ async def test_user_trigger(autojump_clock: trio.testing.MockClock) -> None:
         assert trigger.completed == [2.0]
         assert mgr.statistics().rounds.last_trigger == "every-third"
         assert mgr.statistics().connections == 1
+
+
+def test_pressure_fires_only_under_pressure_above_low() -> None:
+
+    trigger = Pressure()
+    assert not trigger.check(TriggerView(10, 5, 8, None), 0.0)
+    assert trigger.check(TriggerView(10, 5, 8, None, pressure=True), 0.0)
+    assert not trigger.check(TriggerView(5, 5, 8, None, pressure=True), 0.0)
+
+
+async def test_pressure_is_always_on_and_names_its_rounds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+
+    async with cm.open_connection_manager(
+        limits=cm.Limits(2, 10), grace_period=0, silence_period=60
+    ) as mgr:
+        assert any(isinstance(t, Pressure) for t in mgr._regulator.triggers)
+        for i in range(5):
+            mgr.track(i, direction="outbound", close=trio.lowlevel.checkpoint)
+        await trio.sleep(1)
+        assert mgr.statistics().connections == 5  # under high: no round
+        mgr._regulator.pressure = True
+        mgr._regulator.poke()
+        await trio.sleep(1)
+        assert mgr.statistics().connections == 2
+        assert mgr.statistics().rounds.last_trigger == "pressure"

@@ -20,7 +20,7 @@ from ._core._planner import Plan, exclusion, plan_round
 from ._core._scoring import tally
 from ._core._state import PRUNED, Connection, State
 from ._errors import ConnMgrError
-from .triggers import HighWater, Trigger, TriggerView
+from .triggers import HighWater, Pressure, Trigger, TriggerView
 
 if TYPE_CHECKING:
     from ._manager import ConnectionManager
@@ -71,7 +71,8 @@ class Regulator:
 
     Args:
         manager: The manager it regulates.
-        triggers: Triggers to evaluate; :class:`HighWater` is added if missing.
+        triggers: Triggers to evaluate; :class:`HighWater` and :class:`Pressure`
+            are added if missing.
         silence_period: Minimum seconds between rounds (emergencies excepted).
         max_failures: More failed rounds than this within ``failure_window``
             seconds stop the manager with a :class:`ConnMgrError`.
@@ -90,6 +91,8 @@ class Regulator:
         self._manager = manager
         self._state = manager._state
         triggers = list(triggers)
+        if not any(isinstance(t, Pressure) for t in triggers):
+            triggers.insert(0, Pressure())
         if not any(isinstance(t, HighWater) for t in triggers):
             triggers.insert(0, HighWater())
         self.triggers: tuple[Trigger, ...] = tuple(triggers)
@@ -124,7 +127,7 @@ class Regulator:
 
     def _view(self) -> TriggerView:
         state = self._state
-        return TriggerView(state.count, state.low, state.high, state.hard)
+        return TriggerView(state.count, state.low, state.high, state.hard, self.pressure)
 
     def emergency(self) -> bool:
         """Count at ``hard`` or sensing pressure: rounds skip the silence period."""
@@ -137,8 +140,9 @@ class Regulator:
         for trigger in self.triggers:
             if trigger.check(view, now):
                 return trigger.name, now
-        if self.emergency() and view.count > view.low:
-            return "pressure" if self.pressure else "hard", now
+        hard = view.hard
+        if hard is not None and view.count >= hard and view.count > view.low:
+            return "hard", now
         wake = min((t.next_check(now) for t in self.triggers), default=math.inf)
         return None, wake
 

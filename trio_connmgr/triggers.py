@@ -8,7 +8,7 @@ time-based triggers), and :meth:`Trigger.round_completed` resets any latched
 state. Every method receives ``now`` from the manager's clock, so triggers are
 deterministic under ``trio.testing.MockClock``.
 
-:class:`HighWater` is always on; pass others to
+:class:`HighWater` and :class:`Pressure` are always on; pass others to
 ``open_connection_manager(triggers=[...])``. To write your own, subclass
 :class:`Trigger` and override what you need::
 
@@ -41,7 +41,7 @@ import attrs
 
 from ._config import check_count, check_fraction, check_positive_float
 
-__all__ = ["FailedDials", "HighWater", "Interval", "Spike", "Trigger", "TriggerView"]
+__all__ = ["FailedDials", "HighWater", "Interval", "Pressure", "Spike", "Trigger", "TriggerView"]
 
 
 @final
@@ -53,6 +53,8 @@ class TriggerView:
     low: int
     high: int
     hard: int | None
+    pressure: bool = False
+    """Whether sensing reports pressure now."""
 
 
 class Trigger:
@@ -93,6 +95,21 @@ class HighWater(Trigger):
     def check(self, view: TriggerView, now: float) -> bool:
         """True while ``count > high``."""
         return view.count > view.high
+
+
+@final
+class Pressure(Trigger):
+    """Fires while sensing reports pressure and the count is above ``low``. Always on.
+
+    Rounds it starts are emergencies: they skip the silence period and may revoke
+    locks. Without ``sensing`` it never fires.
+    """
+
+    name = "pressure"
+
+    def check(self, view: TriggerView, now: float) -> bool:
+        """True while sensing reports pressure and ``count > low``."""
+        return view.pressure and view.count > view.low
 
 
 @final
