@@ -178,6 +178,9 @@ class StreamContext:
     """``async with enrollment.stream(conn)``: see :meth:`Enrollment.stream`."""
 
     __slots__ = ("_burst", "_conn", "_direction", "_member", "_scope", "_stream")
+    # Set by __aenter__ (``async with`` never calls __aexit__ without it).
+    _stream: Stream
+    _scope: trio.CancelScope
 
     def __init__(
         self,
@@ -190,8 +193,6 @@ class StreamContext:
         self._conn = conn
         self._direction = direction
         self._burst = burst
-        self._stream: Stream | None = None
-        self._scope: trio.CancelScope | None = None
 
     async def __aenter__(self) -> Stream:
         await trio.lowlevel.checkpoint()
@@ -212,13 +213,10 @@ class StreamContext:
         tb: TracebackType | None,
     ) -> bool:
         stream = self._stream
-        scope = self._scope
-        assert stream is not None
-        assert scope is not None
         stream._scope = None
         if not stream.closed:
             stream._member._state.close_stream(stream)
-        return scope.__exit__(exc_type, exc, tb)
+        return self._scope.__exit__(exc_type, exc, tb)
 
 
 @final

@@ -43,6 +43,8 @@ from .triggers import Trigger
 logger = logging.getLogger("trio_connmgr")
 
 CloseFn = Callable[[], Awaitable[object]]
+# Enum member lookups cost ~60 ns on Python 3.11; admission is a hot path.
+_INBOUND = Direction.INBOUND
 
 
 @final
@@ -97,6 +99,9 @@ class _ConnectionContext:
     """``async with mgr.connection(...)``: see :meth:`ConnectionManager.connection`."""
 
     __slots__ = ("_address", "_conn", "_direction", "_manager", "_peer", "_scope")
+    # Set by __aenter__ (``async with`` never calls __aexit__ without it).
+    _conn: Connection
+    _scope: trio.CancelScope
 
     def __init__(
         self, manager: ConnectionManager, peer: Hashable, direction: Direction, address: str | None
@@ -105,8 +110,6 @@ class _ConnectionContext:
         self._peer = peer
         self._direction = direction
         self._address = address
-        self._conn: Connection | None = None
-        self._scope: trio.CancelScope | None = None
 
     async def __aenter__(self) -> Connection:
         await trio.lowlevel.checkpoint()
@@ -124,13 +127,10 @@ class _ConnectionContext:
         tb: TracebackType | None,
     ) -> bool:
         conn = self._conn
-        scope = self._scope
-        assert conn is not None
-        assert scope is not None
         if not conn.closed:
             conn._scope = None
             self._manager._state.close_connection(conn, CLOSED)
-        return scope.__exit__(exc_type, exc, tb)
+        return self._scope.__exit__(exc_type, exc, tb)
 
 
 @final
@@ -245,15 +245,15 @@ class ConnectionManager:
         if address is not None and type(address) is not str:
             check_address("address", address)
         admission = self._admission
-        if direction is Direction.INBOUND:
+        if direction is _INBOUND:
             if admission is not None:
                 admission.admit(self, peer, address)
-            else:
+            elif state.hard is not None:
                 enforce_hard_cap(self, peer, address)
         conn = state.open_connection(peer, direction, address, scope)
-        if admission is not None and direction is Direction.INBOUND:
+        if admission is not None and direction is _INBOUND:
             admission.admitted(conn)
-        wake = state.count > state.high
+        wake = len(state.connections) > state.high
         if self._open_hooks:
             now = conn.opened_at
             for trigger in self._open_hooks:
@@ -647,7 +647,8 @@ async def open_connection_manager(
         limits: The watermarks (:class:`Limits`).
         grace_period: Seconds a new connection is never pruned.
         silence_period: Minimum seconds between rounds (emergencies excepted).
-        triggers: Extra :mod:`trio_connmgr.triggers`; :class:`HighWater` is always on.
+        triggers: Extra :mod:`trio_connmgr.triggers`; ``HighWater`` and ``Pressure``
+            are always on.
         sensing: A :class:`Sensing` controller moving the global share.
         admission: An :class:`Admission` policy for inbound connections.
         burst_linger: Seconds a closed burst's connections stay first in line.

@@ -21,15 +21,16 @@ held lock. A candidate whose removal would take any protocol using it below its
 from __future__ import annotations
 
 import enum
-import heapq
+import itertools
 import math
+import operator
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
 from .._config import Direction
-from ._scoring import score
+from ._scoring import checked, scorer_failed
 
 if TYPE_CHECKING:
     from ._state import Connection, EnrollmentState, State
@@ -165,17 +166,50 @@ def _burst_key(state: State, conn: Connection, now: float) -> tuple[float, str] 
 
 
 def _sorted(
-    items: list[_Candidate], key: Callable[[_Candidate], Any]
+    items: list[_Candidate],
+    key: Callable[[_Candidate], Any],
+    ties: Callable[[_Candidate], Any] | None = None,
 ) -> Generator[None, None, Iterator[_Candidate]]:
-    """Sort ``items`` by ``key``, yielding between runs; return an iterator in order."""
-    if len(items) <= SORT_RUN:
-        items.sort(key=key)
-        return iter(items)
-    runs = []
-    for start in range(0, len(items), SORT_RUN):
-        runs.append(sorted(items[start : start + SORT_RUN], key=key))
-        yield
-    return heapq.merge(*runs, key=key)
+    """Sort ``items`` by ``key``, yielding between runs; return an iterator in order.
+
+    ``items`` are in connection id order and every sort is stable, so items with
+    equal keys stay in id order. ``ties``, if given, is the full order for items
+    whose ``key`` is equal. Sorting by a plain float ``key`` is much faster than by
+    a tuple, and ties are rare: only they pay for the full key.
+    """
+    if len(items) > SORT_RUN:
+        for start in range(0, len(items), SORT_RUN):
+            items[start : start + SORT_RUN] = sorted(items[start : start + SORT_RUN], key=key)
+            yield
+    # On sorted runs this is one cheap merging pass (Timsort finds the runs).
+    items.sort(key=key)
+    if ties is not None:
+        if len(items) > SORT_RUN:
+            yield
+        _break_ties(items, key, ties)
+    return iter(items)
+
+
+def _break_ties(
+    items: list[_Candidate], key: Callable[[_Candidate], Any], ties: Callable[[_Candidate], Any]
+) -> None:
+    """Re-order by ``ties`` every run of equal ``key`` in ``items`` (sorted by ``key``)."""
+    keys = list(map(key, items))
+    # Indices i with keys[i] == keys[i + 1], found without a Python-level loop.
+    same = list(itertools.compress(itertools.count(), map(operator.eq, keys, keys[1:])))
+    i = 0
+    while i < len(same):
+        start = same[i]
+        stop = start + 2
+        i += 1
+        while i < len(same) and same[i] == stop - 1:
+            stop += 1
+            i += 1
+        items[start:stop] = sorted(items[start:stop], key=ties)
+
+
+_tally = operator.attrgetter("tally")
+_burst_close = operator.attrgetter("burst_key")
 
 
 def _busy_key(c: _Candidate) -> tuple[float, int, float, int]:
@@ -217,6 +251,7 @@ def plan_round(
     protected = state.protected
     grace = state.grace_period
     grace_ends = math.inf
+    shapes: dict[tuple[EnrollmentState, ...], tuple[EnrollmentState, ...]] = {}
 
     for i, conn in enumerate(conns):
         if i % chunk == chunk - 1:
@@ -243,7 +278,7 @@ def plan_round(
                     seen.add(stream._member)
                     plain_usage[stream._member] = plain_usage.get(stream._member, 0) + 1
             continue
-        burst = _burst_key(state, conn, now)
+        burst = _burst_key(state, conn, now) if conn._bursts else None
         if not streams:
             cand = _Candidate(conn, 0.0, (), (), None, None)
             if burst is not None:
@@ -253,30 +288,46 @@ def plan_round(
                 idle.append(cand)
             continue
         best: dict[EnrollmentState, float] = {}
-        plain: dict[EnrollmentState, None] = {}
+        bursty = False
         for stream in streams:
             member = stream._member
-            value = score(member, stream)
+            # score(member, stream), inlined: this loop is the hot path of a round.
+            try:
+                value = member.scorer(stream)
+            except Exception:
+                value = scorer_failed(member)
+            else:
+                if type(value) is not float or not 0.0 <= value <= 1.0:
+                    value = checked(member, value)
             if value > best.get(member, -1.0):
                 best[member] = value
-            if stream.burst is None:
-                plain[member] = None
-        cand = _Candidate(
-            conn,
-            sum(member.weight * value for member, value in best.items()),
-            tuple(best),
-            tuple(plain),
-            None,
-            None,
-        )
+            if stream.burst is not None:
+                bursty = True
+        total = 0.0
+        for member, value in best.items():
+            total += member.weight * value
+        # Connections share a few protocol sets: one tuple per set, not per
+        # connection, so a round leaves far fewer objects for the GC to track.
+        members = tuple(best)
+        members = shapes.setdefault(members, members)
+        plain = members
+        if bursty:
+            plain = tuple({s._member: None for s in streams if s.burst is None})
+            plain = shapes.setdefault(plain, plain)
+        cand = _Candidate(conn, total, members, plain, None, None)
         for member in plain:
-            plain_usage[member] = plain_usage.get(member, 0) + 1
-            by_member.setdefault(member, []).append(cand)
+            bucket = by_member.get(member)
+            if bucket is None:
+                by_member[member] = [cand]
+            else:
+                bucket.append(cand)
         if burst is not None and not plain:
             cand.burst_key, cand.burst_protocol = burst
             burst_first.append(cand)
         busy.append(cand)
 
+    for member, bucket in by_member.items():
+        plain_usage[member] = plain_usage.get(member, 0) + len(bucket)
     usage = {member: member.usage for member in state.members.values()}
     victims: list[Victim] = []
     blocked: list[tuple[_Candidate, Phase, str | None]] = []
@@ -310,16 +361,16 @@ def plan_round(
             try_take(cand, phase, cand.burst_protocol if protocol is None else protocol)
 
     # Phase 1: burst-only connections of recently-closed bursts, oldest close first.
-    ordered = yield from _sorted(burst_first, lambda c: (c.burst_key, c.conn.id))
+    ordered = yield from _sorted(burst_first, _burst_close)
     yield from select(ordered, Phase.BURST)
     # Phase 2: idle connections, least recently active first.
-    ordered = yield from _sorted(idle, lambda c: (c.conn.last_active, c.conn.id))
+    ordered = yield from _sorted(idle, lambda c: c.conn.last_active)
     yield from select(ordered, Phase.IDLE)
     # Phase 3: offending protocols, most over quota first, lowest tally first within.
     offenders = [m for m, n in plain_usage.items() if n > m.grant.max and m in by_member]
     offenders.sort(key=lambda m: (-plain_usage[m] / max(m.grant.max, 0.5), m.name))
     for member in offenders:
-        ordered = yield from _sorted(by_member[member], lambda c: (c.tally, c.conn.id))
+        ordered = yield from _sorted(by_member[member], _tally)
         for i, cand in enumerate(ordered):
             if len(victims) >= target or plain_usage[member] <= member.grant.max:
                 break
@@ -329,7 +380,7 @@ def plan_round(
                 try_take(cand, Phase.OFFENDER, member.name)
     # Phase 4: everything else by ascending tally.
     if len(victims) < target:
-        ordered = yield from _sorted(busy, _busy_key)
+        ordered = yield from _sorted(busy, _tally, _busy_key)
         yield from select(ordered, Phase.TALLY, None)
     # Forced rounds may go below grant.min when nothing else is left.
     if forced:
@@ -340,13 +391,19 @@ def plan_round(
                 take(cand, phase, protocol, force=True)
 
     min_blocked = {id(c.conn): c.conn for c, _, _ in blocked if not c.taken}
+    candidates = (
+        len(burst_first) + len(idle) + len(busy) - sum(1 for c in burst_first if c.conn.streams)
+    )
+    # Let go of the candidates a run at a time: freeing a big snapshot's all at
+    # once would block the event loop for tens of milliseconds.
+    blocked.clear()
+    by_member.clear()
+    for group in (burst_first, idle, busy):
+        while len(group) > SORT_RUN:
+            del group[-SORT_RUN:]
+            yield
     return Plan(
-        tuple(victims),
-        target,
-        len(burst_first) + len(idle) + len(busy) - sum(1 for c in burst_first if c.conn.streams),
-        excluded,
-        tuple(min_blocked.values()),
-        grace_ends,
+        tuple(victims), target, candidates, excluded, tuple(min_blocked.values()), grace_ends
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
@@ -54,19 +54,40 @@ def score(member: EnrollmentState, stream: Stream) -> float:
     """
     try:
         value = member.scorer(stream)
+    except Exception:
+        return scorer_failed(member)
+    if type(value) is float and 0.0 <= value <= 1.0:
+        return value
+    return checked(member, value)
+
+
+def scorer_failed(member: EnrollmentState) -> float:
+    """:func:`score` for a scorer that raised: count, log once, return :data:`NEUTRAL`.
+
+    Call it inside the ``except`` block, so the log carries the exception.
+    """
+    member.scorer_errors += 1
+    if not member._scorer_error_logged:
+        member._scorer_error_logged = True
+        logger.exception(
+            "scorer of %r raised or returned a non-number; using %s (logged once)",
+            member.name,
+            NEUTRAL,
+        )
+    return NEUTRAL
+
+
+def checked(member: EnrollmentState, value: Any) -> float:
+    """:func:`score` for a value that is not a ``float`` in ``[0, 1]``: convert, clamp, count.
+
+    (The planner inlines the fast path of :func:`score` and calls this for the rest.)
+    """
+    try:
         if 0.0 <= value <= 1.0:
             return float(value)
         value = float(value)
     except Exception:
-        member.scorer_errors += 1
-        if not member._scorer_error_logged:
-            member._scorer_error_logged = True
-            logger.exception(
-                "scorer of %r raised or returned a non-number; using %s (logged once)",
-                member.name,
-                NEUTRAL,
-            )
-        return NEUTRAL
+        return scorer_failed(member)
     if math.isnan(value):
         member.scorer_errors += 1
         return NEUTRAL

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("trio_connmgr")
 
 _NO_GRANT = Grant(0, 0)
+# Enum member lookups cost ~60 ns on Python 3.11; the hot paths use these.
+_INBOUND = Direction.INBOUND
 
 Scorer = Callable[["Stream"], float]
 """A protocol's scorer: rates one of its streams in ``[0, 1]`` (higher = keep)."""
@@ -426,7 +428,7 @@ class State:
         conn = Connection(next(self._connection_ids), peer, direction, address, now, self, scope)
         conn.last_active = now
         self.connections[conn.id] = conn
-        if direction is Direction.INBOUND:
+        if direction is _INBOUND:
             self.inbound += 1
         else:
             self.outbound += 1
@@ -452,7 +454,7 @@ class State:
         conn.close_reason = reason
         conn.prune_reason = prune
         del self.connections[conn.id]
-        if conn.direction is Direction.INBOUND:
+        if conn.direction is _INBOUND:
             self.inbound -= 1
         else:
             self.outbound -= 1
@@ -465,14 +467,16 @@ class State:
             pruned_from = conn.protocols
             for member in conn._protocols:
                 member.pruned += 1
-        for lock in list(conn._locks):
-            self.end_lock(lock, "dropped")
+        if conn._locks:
+            for lock in list(conn._locks):
+                self.end_lock(lock, "dropped")
         scopes: list[Cancellable] = []
-        for stream in list(conn.streams):
-            if stream._scope is not None:
-                scopes.append(stream._scope)
-                stream._scope = None
-            self.close_stream(stream)
+        if conn.streams:
+            for stream in list(conn.streams):
+                if stream._scope is not None:
+                    scopes.append(stream._scope)
+                    stream._scope = None
+                self.close_stream(stream)
         if self.sink is not None:
             now = self.clock()
             if prune is not None:

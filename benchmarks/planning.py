@@ -1,0 +1,469 @@
+"""Group 3 (and the pruner rows of group 2): round planning at scale.
+
+The population: N connections (two thirds inbound) with 3 streams each over 4
+enrolled protocols, each protocol with its own Python scorer; stream activity
+and bytes are spread at random (fixed seed); ``Limits(low=N/2, high=N)`` and
+quotas ``Quota.share(0.05, 0.6)``, so every protocol is an offender (usage
+≈ 0.75 N > 0.6 N) and a round prunes N/2 connections through the offender and
+tally phases. ``grace_period=0`` so that every connection is prunable.
+
+Rows:
+
+- ``plan_now`` at each N, against calling the same scorers on the same 3N
+  streams in a bare loop (the part of the work that is the protocols' own);
+- the chunked generator (``plan_round`` driven with a checkpoint between
+  chunks, as the regulator does) against ``plan_now``;
+- py-libp2p's ``ConnectionPruner`` deciding over the same N (group 2);
+- the longest single task step (a Trio instrument) while ``mgr.trim()`` runs a
+  whole round in a live manager, against the round's duration;
+- growth of ``plan_now`` from 10,000 to 100,000 connections against linear (10x);
+- a whole round at 10,000 connections pruning 5,000, to completion, against
+  Trio's own floor (see :func:`_whole_round` and :func:`_trio_floor`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+import trio.testing
+
+import trio_connmgr as cm
+from trio_connmgr._core._planner import plan_now, plan_round
+from trio_connmgr._regulator import drive
+
+from ._harness import Row, Scale, StepTimer, clean, row
+from .versus_libp2p import pruner_for
+
+RECENCY = cm.RecencyScorer(half_life=30.0)
+
+
+def by_bytes(stream: cm.Stream) -> float:
+    """Busy streams rate higher."""
+    return min(1.0, stream.nbytes / 65_536)
+
+
+def by_rtt(stream: cm.Stream) -> float:
+    """Streams to close peers rate higher (``metadata["rtt"]`` in seconds)."""
+    rtt: float = stream.metadata.get("rtt", 1.0)
+    return 1.0 / (1.0 + 10.0 * rtt)
+
+
+def by_direction(stream: cm.Stream) -> float:
+    """Streams the remote opened rate higher (deliberately coarse: many ties)."""
+    return 0.8 if stream.direction is cm.Direction.INBOUND else 0.4
+
+
+PROTOCOLS: list[tuple[str, Callable[[cm.Stream], float], float]] = [
+    ("/bench/recency/1.0.0", RECENCY, 1.0),
+    ("/bench/bytes/1.0.0", by_bytes, 1.5),
+    ("/bench/rtt/1.0.0", by_rtt, 0.5),
+    ("/bench/direction/1.0.0", by_direction, 2.0),
+]
+QUOTA = cm.Quota.share(0.05, 0.6)
+
+
+async def _noop() -> None:
+    pass
+
+
+def _score(stream: cm.Stream) -> float:
+    return min(1.0, max(0.0, stream._member.scorer(stream)))
+
+
+@contextlib.asynccontextmanager
+async def _population_manager(n: int, low: int | None = None):  # type: ignore[no-untyped-def]
+    """A live manager with the 4 enrolled protocols; yields ``(mgr, enrollments)``."""
+    limits = cm.Limits(low=max(1, n // 2 if low is None else low), high=n)
+    async with (
+        cm.open_connection_manager(limits=limits, grace_period=0.0) as mgr,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        members = [
+            await stack.enter_async_context(
+                mgr.enroll(name, quota=QUOTA, scorer=scorer, weight=weight)
+            )
+            for name, scorer, weight in PROTOCOLS
+        ]
+        yield mgr, members
+
+
+def _add_streams(conn: cm.Connection, members: list[cm.Enrollment], rng: random.Random) -> None:
+    now = trio.current_time()
+    for member in rng.sample(members, 3):
+        direction = "inbound" if rng.random() < 0.5 else "outbound"
+        stream = member.track_stream(conn, direction=direction)
+        stream.touch(rng.randrange(100_000))
+        stream.last_active = now - rng.random() * 120.0
+        stream.metadata["rtt"] = rng.random() * 0.3
+
+
+def _populate(
+    mgr: cm.ConnectionManager,
+    members: list[cm.Enrollment],
+    n: int,
+    seed: int,
+    close: Callable[[], Awaitable[None]] = _noop,
+) -> None:
+    rng = random.Random(seed)
+    for i in range(n):
+        conn = mgr.track(
+            f"peer-{i}", direction="outbound" if i % 3 == 0 else "inbound", close=close
+        )
+        _add_streams(conn, members, rng)
+
+
+async def _plan_rows(scale: Scale, n: int, results: dict[str, list[float]]) -> list[Row]:
+    rows: list[Row] = []
+    async with _population_manager(n) as (mgr, members):
+        _populate(mgr, members, n, seed=n)
+        state = mgr._state
+        pairs = [(s._member.scorer, s) for c in state.connections.values() for s in c.streams]
+        decide = (
+            pruner_for(state.connections.values(), state.low, _score)
+            if (n in scale.libp2p_sizes)
+            else None
+        )
+
+        def ours() -> float:
+            started = time.perf_counter()
+            plan = plan_now(state, trio.current_time())
+            took = (time.perf_counter() - started) * 1e3
+            assert len(plan.victims) == n - state.low, plan
+            return took
+
+        def scorers() -> float:
+            started = time.perf_counter()
+            for scorer, stream in pairs:
+                scorer(stream)
+            return (time.perf_counter() - started) * 1e3
+
+        def theirs() -> float:
+            assert decide is not None
+            started = time.perf_counter()
+            decide()
+            return (time.perf_counter() - started) * 1e3
+
+        async def chunked() -> float:
+            started = time.perf_counter()
+            await drive(plan_round(state, trio.current_time()))
+            return (time.perf_counter() - started) * 1e3
+
+        plans: list[float] = []
+        bare: list[float] = []
+        pruner: list[float] = []
+        gens: list[float] = []
+        ours()  # warm up
+        for _ in range(scale.plan_repeats):
+            clean()
+            plans.append(ours())
+            clean()
+            bare.append(scorers())
+            clean()
+            gens.append(await chunked())
+            if decide is not None:
+                clean()
+                pruner.append(theirs())
+        results[f"plan_now/{n}"] = plans
+        target, check = _plan_target(n)
+        rows.append(
+            row(
+                "planning",
+                f"`plan_now`, {n:,} connections",
+                "ms",
+                plans,
+                "the scorers alone",
+                bare,
+                target=target,
+                check=check,
+            )
+        )
+        rows.append(
+            row(
+                "planning",
+                f"chunked `plan_round` (checkpoints), {n:,}",
+                "ms",
+                gens,
+                "`plan_now`",
+                plans,
+            )
+        )
+        if decide is not None:
+            last = n == max(scale.libp2p_sizes)
+            rows.append(
+                row(
+                    "libp2p",
+                    f"round planning, {n:,} connections",
+                    "ms",
+                    plans,
+                    "ConnectionPruner decision",
+                    pruner,
+                    target="≥ 4x faster (ratio ≤ 0.25)" if last else "",
+                    check=(lambda v, r: r is not None and r <= 0.25) if last else None,
+                    note=(
+                        "py-libp2p's pruner never prunes a connection with open streams and "
+                        "closes at most 20 per cycle, so over this population it decides to "
+                        "prune nothing; ours scores 3N streams and picks N/2 victims"
+                        if last
+                        else ""
+                    ),
+                )
+            )
+    return rows
+
+
+def _plan_target(n: int) -> tuple[str, Callable[[float, float | None], bool] | None]:
+    if n == 10_000:
+        return "≤ 30 ms", lambda v, r: v <= 30.0
+    if n == 100_000:
+        return "≤ 400 ms", lambda v, r: v <= 400.0
+    return "", None
+
+
+async def _blocking_sample(n: int, seed: int) -> tuple[float, float, float]:
+    """(longest task step, round duration, longest ticker gap) in ms for one live trim."""
+    closes = _Countdown()
+
+    async def close() -> None:
+        closes.closed()
+
+    async with _population_manager(n) as (mgr, members):
+        _populate(mgr, members, n, seed=seed, close=close)
+        await trio.testing.wait_all_tasks_blocked()
+        clean()
+        gap = 0.0
+        ticking = True
+
+        async def ticker() -> None:
+            nonlocal gap
+            last = time.perf_counter()
+            while ticking:
+                await trio.lowlevel.checkpoint()
+                now = time.perf_counter()
+                gap = max(gap, now - last)
+                last = now
+
+        timer = StepTimer()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            await trio.lowlevel.checkpoint()
+            trio.lowlevel.add_instrument(timer)
+            started = time.perf_counter()
+            # Dropping the result at once, as the regulator's own loop does: freeing
+            # the pruned connections is part of the round.
+            pruned = len(await mgr.trim())
+            took = time.perf_counter() - started
+            # The closer tasks of the pruned tracked connections: until all have run.
+            await closes.wait(0, pruned)
+            trio.lowlevel.remove_instrument(timer)
+            ticking = False
+        assert pruned == n - mgr.limits.low, pruned
+        return timer.longest * 1e3, took * 1e3, gap * 1e3
+
+
+class _Countdown:
+    """Counts task exits and awaited ``close()`` calls; wakes a waiter at a target."""
+
+    def __init__(self) -> None:
+        self.exits = 0
+        self.closes = 0
+        self._want: tuple[int, int] | None = None
+        self._event = trio.Event()
+
+    def _check(self) -> None:
+        want = self._want
+        if want is not None and self.exits >= want[0] and self.closes >= want[1]:
+            self._event.set()
+
+    def exited(self) -> None:
+        self.exits += 1
+        self._check()
+
+    def closed(self) -> None:
+        self.closes += 1
+        self._check()
+
+    async def wait(self, exits: int, closes: int) -> None:
+        self._want = (exits, closes)
+        self._check()
+        await self._event.wait()
+
+
+async def _whole_round(n: int, prune: int, seed: int) -> float:
+    """One round to completion, in ms.
+
+    ``n`` connections with the planning population's streams, held open by
+    ``n`` parked tasks: half in ``async with mgr.connection(...)``, half as
+    tracked connections whose ``close()`` cancels the task's scope (as a
+    transport closing its socket would). Timed from the call of ``mgr.trim()``
+    until every victim's task has exited and every ``close()`` has returned.
+    """
+    rng = random.Random(seed)
+    countdown = _Countdown()
+    ready = 0
+    all_ready = trio.Event()
+
+    async with _population_manager(n, low=n - prune) as (mgr, members):
+
+        def is_ready() -> None:
+            nonlocal ready
+            ready += 1
+            if ready == n:
+                all_ready.set()
+
+        async def in_context(i: int) -> None:
+            try:
+                async with mgr.connection(f"ctx-{i}", direction="inbound") as conn:
+                    _add_streams(conn, members, rng)
+                    is_ready()
+                    await trio.sleep_forever()
+            finally:
+                countdown.exited()
+
+        async def tracked(i: int) -> None:
+            with trio.CancelScope() as scope:
+
+                async def close() -> None:
+                    scope.cancel()
+                    await trio.lowlevel.checkpoint()
+                    countdown.closed()
+
+                conn = mgr.track(f"trk-{i}", direction="inbound", close=close)
+                _add_streams(conn, members, rng)
+                is_ready()
+                await trio.sleep_forever()
+            conn.release()
+            countdown.exited()
+
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(in_context if i % 2 == 0 else tracked, i)
+            await all_ready.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            clean()
+            started = time.perf_counter()
+            pruned = await mgr.trim()
+            victims, closers = len(pruned), sum(1 for c in pruned if c.peer.startswith("trk"))
+            del pruned  # as the regulator's own loop does
+            await countdown.wait(victims, closers)
+            took = time.perf_counter() - started
+            assert mgr._state.count == n - prune == mgr.limits.low, mgr._state.count
+            assert victims == prune
+            nursery.cancel_scope.cancel()
+    return took * 1e3
+
+
+async def _trio_floor(n: int, prune: int) -> float:
+    """Trio alone, in ms: ``n`` tasks parked in cancel scopes; cancel ``prune`` of the
+    scopes and wait until those tasks have exited."""
+    countdown = _Countdown()
+    scopes: list[trio.CancelScope] = []
+
+    async def parked() -> None:
+        with trio.CancelScope() as scope:
+            scopes.append(scope)
+            await trio.sleep_forever()
+        countdown.exited()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(parked)
+        await trio.testing.wait_all_tasks_blocked()
+        clean()
+        started = time.perf_counter()
+        for scope in scopes[:prune]:
+            scope.cancel()
+        await countdown.wait(prune, 0)
+        took = time.perf_counter() - started
+        nursery.cancel_scope.cancel()
+    return took * 1e3
+
+
+async def _measure(scale: Scale) -> list[Row]:
+    rows: list[Row] = []
+    results: dict[str, list[float]] = {}
+    for n in scale.plan_sizes:
+        rows.extend(await _plan_rows(scale, n, results))
+
+    for n in scale.plan_sizes:
+        steps, rounds, gaps = [], [], []
+        for i in range(scale.block_repeats):
+            longest, took, gap = await _blocking_sample(n, seed=n + i)
+            steps.append(longest)
+            rounds.append(took)
+            gaps.append(gap)
+        gaps.sort()
+        rows.append(
+            row(
+                "planning",
+                f"loop blocked during a live `trim()`, {n:,}",
+                "ms",
+                steps,
+                "the whole round",
+                rounds,
+                target="≤ 20 ms",
+                check=lambda v, r: v <= 20.0,
+                note=(
+                    f"longest task step (Trio instrument); a ticker task saw gaps of at most "
+                    f"{gaps[len(gaps) // 2]:.1f} ms (median over rounds), which include other "
+                    f"tasks' steps (closer tasks) run in the same batch"
+                ),
+            )
+        )
+
+    sizes = scale.plan_sizes
+    if len(sizes) >= 2:
+        big, mid = sizes[-1], sizes[-2]
+        growth = [
+            a / b
+            for a, b in zip(results[f"plan_now/{big}"], results[f"plan_now/{mid}"], strict=True)
+        ]
+        linear = big / mid
+        rows.append(
+            row(
+                "planning",
+                f"growth of `plan_now`, {big:,} / {mid:,}",
+                "x",
+                growth,
+                "linear",
+                [linear],
+                target="≤ 12x" if (big, mid) == (100_000, 10_000) else "",
+                check=(lambda v, r: v <= 12.0) if (big, mid) == (100_000, 10_000) else None,
+            )
+        )
+
+    n, prune = scale.round_connections, scale.round_prune
+    ours: list[float] = []
+    floor: list[float] = []
+    await _whole_round(n, prune, seed=0)  # warm up
+    for i in range(scale.round_repeats):
+        clean()
+        ours.append(await _whole_round(n, prune, seed=i))
+        clean()
+        floor.append(await _trio_floor(n, prune))
+    rows.append(
+        row(
+            "planning",
+            f"whole round, {n:,} connections pruning {prune:,}",
+            "ms",
+            ours,
+            "Trio: cancel as many parked scopes",
+            floor,
+            target="≤ 1.5x baseline",
+            check=lambda v, r: r is not None and r <= 1.5,
+            note=(
+                "ours plans over 3 scored streams per connection, closes the victims' streams, "
+                "cancels half the victims' scopes directly and awaits close() of the other "
+                "half in closer tasks (each close() cancels its holder's scope)"
+            ),
+        )
+    )
+    return rows
+
+
+def run(scale: Scale) -> list[Row]:
+    """Measure the planning rows (group 3 and the pruner rows of group 2)."""
+    return trio.run(_measure, scale)
