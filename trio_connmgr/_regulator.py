@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from ._core._planner import Plan, exclusion, plan_round
+from ._core._planner import Plan, Victim, exclusion, plan_round
 from ._core._scoring import tally
 from ._core._state import PRUNED, Connection, State
 from ._errors import ConnMgrError
@@ -200,7 +200,7 @@ class Regulator:
             if now < not_before:
                 await self._sleep_until(not_before)
                 continue
-            pruned = await self.run_round(name, forced=False, emergency=emergency)
+            pruned = await self._round(name, forced=False, emergency=emergency, collect=None)
             state = self._state
             if not pruned and state.count <= state.low and not self._poked:
                 # At or below low a round can do nothing: a trigger that keeps
@@ -217,6 +217,19 @@ class Regulator:
         self, trigger: str, *, forced: bool, emergency: bool = False
     ) -> list[Connection]:
         """Plan and apply one round; return the connections it pruned."""
+        pruned: list[Connection] = []
+        await self._round(trigger, forced=forced, emergency=emergency, collect=pruned)
+        return pruned
+
+    async def _round(
+        self,
+        trigger: str,
+        *,
+        forced: bool,
+        emergency: bool,
+        collect: list[Connection] | None,
+    ) -> int:
+        """Plan and apply one round; return how many it pruned (appended to ``collect``)."""
         async with self._round_lock:
             state = self._state
             started = time.perf_counter()
@@ -236,24 +249,36 @@ class Regulator:
                         revoked += state.end_lock(lock, "revoked")
                 if revoked:
                     plan = await drive(plan_round(state, now, trigger=trigger, forced=forced))
-            pruned: list[Connection] = []
+            shortfall = plan.shortfall
+            grace_ends = plan.grace_ends
+            unprunable = sum(plan.excluded.values()) + len(plan.min_blocked)
+            # Apply in chunks and let go of each chunk as it is done: a round that
+            # prunes 50,000 connections must not free them all in one step either.
+            victims: list[Victim | None] = list(plan.victims)
+            del plan
+            pruned = 0
             by_phase: dict[str, int] = {}
-            for i, victim in enumerate(plan.victims):
-                if i % APPLY_CHUNK == APPLY_CHUNK - 1:
+            for start in range(0, len(victims), APPLY_CHUNK):
+                if start:
                     await trio.lowlevel.checkpoint()
-                conn = victim.connection
-                # Checkpoints above let other tasks run: a victim may have closed,
-                # been locked or protected since planning.
-                if exclusion(state, conn, now) is not None:
-                    continue
-                state.close_connection(conn, PRUNED, victim.reason)
-                pruned.append(conn)
-                phase = victim.reason.phase.value
-                by_phase[phase] = by_phase.get(phase, 0) + 1
-                logger.debug("pruned %r: %s", conn, victim.reason)
+                stop = min(start + APPLY_CHUNK, len(victims))
+                for victim in victims[start:stop]:
+                    assert victim is not None
+                    conn = victim.connection
+                    # Checkpoints let other tasks run: a victim may have closed,
+                    # been locked or protected since planning.
+                    if exclusion(state, conn, now) is not None:
+                        continue
+                    state.close_connection(conn, PRUNED, victim.reason)
+                    pruned += 1
+                    if collect is not None:
+                        collect.append(conn)
+                    phase = victim.reason.phase.value
+                    by_phase[phase] = by_phase.get(phase, 0) + 1
+                    logger.debug("pruned %r: %s", conn, victim.reason)
+                victims[start:stop] = [None] * (stop - start)
             end = trio.current_time()
             duration = time.perf_counter() - started
-            unprunable = sum(plan.excluded.values()) + len(plan.min_blocked)
             self._record(
                 trigger, forced, count_before, pruned, by_phase, duration, revoked, end, unprunable
             )
@@ -261,11 +286,11 @@ class Regulator:
                 # The silence period lets the effects of a round settle; a round
                 # that changed nothing has no effects to wait for.
                 self._last_round_end = end
-            if plan.shortfall:
+            if shortfall:
                 # Retrying cannot help until a connection leaves its grace period
                 # (or a poke says something else changed, or a while has passed).
                 retry = end + max(self.silence_period, IDLE_RETRY)
-                self._stuck_until = min(retry, max(plan.grace_ends, end))
+                self._stuck_until = min(retry, max(grace_ends, end))
                 self._stuck_emergency = forced or emergency or self.pressure
             else:
                 self._stuck_until = -math.inf
@@ -276,7 +301,7 @@ class Regulator:
         trigger: str,
         forced: bool,
         count_before: int,
-        pruned: list[Connection],
+        pruned: int,
         by_phase: dict[str, int],
         duration: float,
         revoked: int,
@@ -290,7 +315,7 @@ class Regulator:
         rounds.last_duration = duration
         rounds.total_duration += duration
         rounds.locks_revoked += revoked
-        rounds.last_victims = len(pruned)
+        rounds.last_victims = pruned
         rounds.last_at = now
         for phase, n in by_phase.items():
             rounds.victims_by_phase[phase] = rounds.victims_by_phase.get(phase, 0) + n
@@ -303,7 +328,7 @@ class Regulator:
             ", forced" if forced else "",
             count_before,
             state.count,
-            len(pruned),
+            pruned,
             by_phase,
             revoked,
             duration * 1e3,
@@ -319,7 +344,7 @@ class Regulator:
                     forced,
                     count_before,
                     state.count,
-                    len(pruned),
+                    pruned,
                     tuple(sorted(by_phase.items())),
                     duration,
                     revoked,

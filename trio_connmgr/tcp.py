@@ -86,8 +86,9 @@ async def serve_tcp(
       manager prunes the connection the handler is cancelled, quietly, and the
       socket is closed, so the remote end sees end-of-file or a reset.
 
-    The socket is closed with ``aclose()`` whatever happens, including when the
-    handler raises (the error then propagates and stops the server, as with
+    The socket is closed as soon as the handler returns (by
+    :func:`trio.serve_listeners`, as for :func:`trio.serve_tcp`), whatever happens,
+    including when the handler raises (the error then propagates and stops the server, as with
     :func:`trio.serve_tcp`).
 
     Args:
@@ -115,8 +116,8 @@ async def serve_tcp(
             if admitted:
                 raise  # the handler's own error, not admission
             logger.debug("inbound TCP connection from %s not admitted: %s", stream, exc)
-        finally:
-            await _close_socket(stream)
+        # No close here: trio.serve_listeners closes every handler's stream
+        # (aclose_forcefully) as soon as the handler returns, whatever happened.
 
     await trio.serve_listeners(
         serve_one, listeners, handler_nursery=handler_nursery, task_status=task_status
