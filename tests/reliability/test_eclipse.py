@@ -23,7 +23,11 @@ async def test_attacker_subnet_cannot_evict_the_valuable(
 
     async with (
         cm.open_connection_manager(
-            limits=limits, admission=admission, grace_period=1.0, silence_period=0.5
+            limits=limits,
+            admission=admission,
+            grace_period=1.0,
+            silence_period=0.5,
+            max_lock_ttl=1e6,  # the honest mesh holds its locks for the whole attack
         ) as mgr,
         mgr.enroll("/mesh", quota=cm.Quota(0, 20)) as mesh,
         mgr.enroll("/essential", quota=cm.Quota(6, 12)) as essential,
@@ -41,7 +45,7 @@ async def test_attacker_subnet_cannot_evict_the_valuable(
             address = f"198.{51 + i}.0.7"  # one honest peer per /16
             async with mgr.connection(peer, direction="inbound", address=address) as conn:
                 if role == "locked":
-                    async with mesh.stream(conn) as stream, mesh.lock(stream, ttl=300):
+                    async with mesh.stream(conn) as stream, mesh.lock(stream, ttl=1e6):
                         valuable.append(conn)
                         task_status.started()
                         await trio.sleep_forever()
