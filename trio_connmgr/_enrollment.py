@@ -264,8 +264,12 @@ class Lock(LockState):
         return expires_at
 
     async def wait_revoked(self) -> None:
-        """Wait until the lock is revoked or expires (returns at once if it has)."""
-        if self.revoked:
+        """Wait until the lock stops protecting its connection; return at once if it has.
+
+        It returns when the lock is revoked or expires (``lock.revoked``), when its
+        connection closes (status ``"dropped"``) or when it is released.
+        """
+        if self.status not in ("new", "held"):
             await trio.lowlevel.checkpoint()
             return
         if self._revoked_event is None:
@@ -275,7 +279,9 @@ class Lock(LockState):
     def _ended(self, how: str) -> None:
         if self._revoked_event is not None:
             self._revoked_event.set()
-        if self._on_revoke is not None:
+        # The holder is told when protection was taken from it, not when it gave
+        # the lock up or its connection went away.
+        if self._on_revoke is not None and how in ("revoked", "expired"):
             try:
                 self._on_revoke(self)
             except Exception:

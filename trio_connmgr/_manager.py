@@ -94,6 +94,18 @@ class Explanation:
         return self.text
 
 
+def _carries_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or is a group holding, a :class:`trio.Cancelled`.
+
+    Such an exception must travel through the nurseries and scopes it crosses:
+    holding it back to re-raise later would take it out of the scope it
+    belongs to.
+    """
+    if isinstance(exc, trio.Cancelled):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(trio.Cancelled) is not None
+
+
 @final
 class _ConnectionContext:
     """``async with mgr.connection(...)``: see :meth:`ConnectionManager.connection`."""
@@ -416,9 +428,9 @@ class ConnectionManager:
                 enrollment._nursery = nursery
                 try:
                     yield enrollment
-                except trio.Cancelled:
-                    raise
                 except BaseException as exc:
+                    if _carries_cancelled(exc):
+                        raise  # cancellation belongs to the scopes around us
                     # The body's own error leaves unwrapped, after the tasks stop.
                     body_error = exc
                 finally:
@@ -732,9 +744,9 @@ async def open_connection_manager(
                         await sensing._attach(manager, services)
                     try:
                         yield manager
-                    except trio.Cancelled:
-                        raise
                     except BaseException as exc:
+                        if _carries_cancelled(exc):
+                            raise  # cancellation belongs to the scopes around us
                         # The body's own error leaves unwrapped, after cleanup.
                         body_error = exc
                     finally:

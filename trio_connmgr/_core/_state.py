@@ -272,7 +272,7 @@ class LockState:
         return self.status in ("revoked", "expired")
 
     def _ended(self, how: str) -> None:
-        """Hook: called once when a held lock is revoked or expires."""
+        """Hook: called once when a held lock ends, however (``how`` is the new status)."""
 
 
 @attrs.define(eq=False, repr=False)
@@ -284,7 +284,9 @@ class BurstState:
         name: Optional label given by the protocol.
         opened_at: Manager clock time at which it opened.
         closed_at: Manager clock time at which it closed, or ``None`` while open.
-        streams: Every stream ever enlisted (open or closed).
+        streams: Its enlisted streams that are still open.
+        streams_enlisted: How many streams were ever enlisted.
+        connections_touched: How many distinct connections its streams used.
     """
 
     id: int
@@ -293,6 +295,10 @@ class BurstState:
     opened_at: float
     closed_at: float | None = None
     streams: set[Stream] = attrs.Factory(set)
+    streams_enlisted: int = 0
+    connections_touched: int = 0
+    # Open connections its streams used (closed ones are dropped: nothing here
+    # keeps a closed connection alive).
     _connections: set[Connection] = attrs.Factory(set)
 
     @property
@@ -372,6 +378,7 @@ class State:
         # per-subnet counts are released here).
         self.close_hooks: list[Callable[[Connection], None]] = []
         self._expiries: list[tuple[float, int, LockState]] = []
+        self._held_locks = 0
         self._connection_ids = itertools.count(1)
         self._stream_ids = itertools.count(1)
         self._lock_ids = itertools.count(1)
@@ -467,6 +474,11 @@ class State:
             pruned_from = conn.protocols
             for member in conn._protocols:
                 member.pruned += 1
+        bursts = conn._bursts
+        if bursts:
+            for burst in bursts:
+                burst._connections.discard(conn)
+            conn._bursts = None
         if conn._locks:
             for lock in list(conn._locks):
                 self.end_lock(lock, "dropped")
@@ -546,8 +558,11 @@ class State:
         else:
             del protocols[member]
             member.usage -= 1
-        if stream.burst is None:
+        burst = stream.burst
+        if burst is None:
             conn._plain_use = True
+        else:
+            burst.streams.discard(stream)
         conn.last_active = self.clock()
 
     # -------------------------------------------------------------- enrollment
@@ -662,6 +677,7 @@ class State:
         conn._locks.append(lock)
         member._locked[conn] = member._locked.get(conn, 0) + 1
         member.locks_granted += 1
+        self._held_locks += 1
         heapq.heappush(self._expiries, (lock.expires_at, lock.id, lock))
         if self.sink is not None:
             self.sink(ev.LockGranted(now, member.name, lock.id, conn.id, lock.expires_at))
@@ -680,6 +696,12 @@ class State:
         if not lock.held:
             return False
         lock.status = how
+        self._held_locks -= 1
+        if len(self._expiries) > 2 * self._held_locks + 64:
+            # Ended locks stay in the heap until their expiry would have come:
+            # compact it, or it keeps their streams and connections alive.
+            self._expiries = [e for e in self._expiries if e[2].held and e[2].expires_at == e[0]]
+            heapq.heapify(self._expiries)
         member = lock._member
         conn = lock.stream.connection
         conn._locks.remove(lock)
@@ -703,11 +725,10 @@ class State:
             }[how]
             args = (self.clock(), member.name, lock.id, conn.id)
             self.sink(ev.LockReleased(*args, how) if how == "dropped" else event_type(*args))
-        if how in ("revoked", "expired"):
-            try:
-                lock._ended(how)
-            except Exception:
-                logger.exception("lock notification for %r raised", member.name)
+        try:
+            lock._ended(how)
+        except Exception:
+            logger.exception("lock notification for %r raised", member.name)
         return True
 
     def next_lock_expiry(self) -> float:
@@ -761,8 +782,8 @@ class State:
                     member.name,
                     burst.id,
                     burst.name,
-                    len(burst._connections),
-                    len(burst.streams),
+                    burst.connections_touched,
+                    burst.streams_enlisted,
                 )
             )
 
@@ -799,9 +820,13 @@ class State:
         self._enlist(burst, stream)
 
     def _enlist(self, burst: BurstState, stream: Stream) -> None:
-        burst.streams.add(stream)
+        if stream not in burst.streams:
+            burst.streams.add(stream)
+            burst.streams_enlisted += 1
         conn = stream.connection
-        burst._connections.add(conn)
+        if conn not in burst._connections:
+            burst._connections.add(conn)
+            burst.connections_touched += 1
         if conn._bursts is None:
             conn._bursts = {burst}
         else:
