@@ -100,3 +100,21 @@ async def test_cancellation_from_outside_crosses_enroll_with_a_nested_nursery() 
         await trio.testing.wait_all_tasks_blocked()
         after.append("the outer body goes on")
     assert after == ["the outer body goes on"]
+
+
+async def test_unprotect_wakes_a_waiting_regulator(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with cm.open_connection_manager(
+        limits=cm.Limits(1, 2), grace_period=0, silence_period=100
+    ) as mgr:
+        mgr.protect("vip", "test")
+        for _ in range(3):
+            mgr.track("vip", direction="inbound", close=trio.lowlevel.checkpoint)
+        await trio.sleep(1)  # a round ran and could prune nothing
+        assert mgr.statistics().connections == 3
+        start = trio.current_time()
+        assert mgr.unprotect("vip", "test") is False
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().connections == 1
+        assert trio.current_time() == start  # at once, not after a retry delay

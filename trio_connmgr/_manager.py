@@ -456,7 +456,10 @@ class ConnectionManager:
         check_peer("unprotect peer", peer)
         if not isinstance(tag, str):
             raise ConfigError(f"unprotect tag must be a string, got {tag!r}")
-        return self._state.unprotect(peer, tag)
+        still = self._state.unprotect(peer, tag)
+        if not still:
+            self._wake_if_above_high()  # its connections may be prunable now
+        return still
 
     def is_protected(self, peer: Hashable) -> bool:
         """Whether ``peer`` has at least one protection tag."""
