@@ -30,7 +30,7 @@ from ._config import (
 from ._core._events import AdmissionRefused
 from ._core._planner import Phase, PruneReason, exclusion, plan_now
 from ._core._scoring import RecencyScorer, tally
-from ._core._state import CLOSED, RELEASED, Connection, Scorer, State
+from ._core._state import CLOSED, PRUNED, RELEASED, Connection, Scorer, State
 from ._core._stats import Statistics, snapshot
 from ._enrollment import Enrollment, parse_direction
 from ._errors import ConfigError, ConnectionRefused, ConnMgrError, ManagerClosed
@@ -287,10 +287,13 @@ class ConnectionManager:
         if timer is not None and expires_at < timer.deadline:
             timer.deadline = expires_at
 
-    def _prune(self, conn: Connection, reason: Any) -> bool:
-        """Prune ``conn`` now with ``reason`` (a PruneReason): cancel its scope, close
-        its streams. Returns False if it was already closed."""
-        return self._state.close_connection(conn, "pruned", reason)
+    def _prune(self, conn: Connection, reason: PruneReason | None) -> bool:
+        """Prune ``conn`` now with ``reason``: close its streams, cancel its scope.
+
+        The one path by which rounds remove their victims. Returns False if it
+        was already closed.
+        """
+        return self._state.close_connection(conn, PRUNED, reason)
 
     def _fail(self, error: ConnMgrError) -> None:
         """A service failed for good: stop the manager and raise ``error`` from it."""

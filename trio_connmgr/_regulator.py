@@ -18,7 +18,7 @@ import trio
 
 from ._core._planner import Plan, Victim, exclusion, plan_round
 from ._core._scoring import tally
-from ._core._state import PRUNED, Connection, State
+from ._core._state import Connection, State
 from ._errors import ConnMgrError
 from .triggers import HighWater, Pressure, Trigger, TriggerView
 
@@ -269,7 +269,7 @@ class Regulator:
                     # been locked or protected since planning.
                     if exclusion(state, conn, now) is not None:
                         continue
-                    state.close_connection(conn, PRUNED, victim.reason)
+                    self._manager._prune(conn, victim.reason)
                     pruned += 1
                     if collect is not None:
                         collect.append(conn)
