@@ -277,10 +277,9 @@ class ConnectionManager:
 
     def _wake_if_above_high(self) -> None:
         if self._state.count > self._state.high:
-            # A lock ended, a burst closed or an enrollment left: connections may have
-            # become prunable, so a round that found nothing to prune may now succeed.
-            self._regulator._stuck_until = float("-inf")
-            self._regulator.poke()
+            # A lock ended, a burst closed, an enrollment left or a protection
+            # was lifted: connections may have become prunable.
+            self._regulator.poke(prunable_changed=True)
 
     def _lock_deadline(self, expires_at: float) -> None:
         timer = self._timer

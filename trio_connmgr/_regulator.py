@@ -118,8 +118,15 @@ class Regulator:
 
     # ----------------------------------------------------------------- waking
 
-    def poke(self) -> None:
-        """Ask the regulator to re-evaluate its triggers now. Cheap, synchronous."""
+    def poke(self, *, prunable_changed: bool = False) -> None:
+        """Ask the regulator to re-evaluate its triggers now. Cheap, synchronous.
+
+        ``prunable_changed``: connections may have become prunable (a lock ended,
+        a burst closed, a protection was lifted), so a round that found nothing to
+        prune may succeed now: do not wait out the retry delay.
+        """
+        if prunable_changed:
+            self._stuck_until = -math.inf
         if not self._poked:
             self._poked = True
             if self._sleep is not None:
