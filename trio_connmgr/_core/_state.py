@@ -717,14 +717,13 @@ class State:
         elif how == "expired":
             member.locks_expired += 1
         if self.sink is not None:
-            event_type = {
-                "released": ev.LockReleased,
-                "revoked": ev.LockRevoked,
-                "expired": ev.LockExpired,
-                "dropped": ev.LockReleased,
-            }[how]
             args = (self.clock(), member.name, lock.id, conn.id)
-            self.sink(ev.LockReleased(*args, how) if how == "dropped" else event_type(*args))
+            if how == "revoked":
+                self.sink(ev.LockRevoked(*args))
+            elif how == "expired":
+                self.sink(ev.LockExpired(*args))
+            else:  # released or dropped
+                self.sink(ev.LockReleased(*args, how))
         try:
             lock._ended(how)
         except Exception:
