@@ -136,10 +136,13 @@ class Regulator:
         state = self._state
         return TriggerView(state.count, state.low, state.high, state.hard, self.pressure)
 
+    def _at_hard(self) -> bool:
+        hard = self._state.hard
+        return hard is not None and self._state.count >= hard
+
     def emergency(self) -> bool:
         """Count at ``hard`` or sensing pressure: rounds skip the silence period."""
-        hard = self._state.hard
-        return self.pressure or (hard is not None and self._state.count >= hard)
+        return self.pressure or self._at_hard()
 
     def _decide(self, now: float) -> tuple[str | None, float]:
         """(trigger that fires now or None, when to wake up otherwise)."""
@@ -147,8 +150,7 @@ class Regulator:
         for trigger in self.triggers:
             if trigger.check(view, now):
                 return trigger.name, now
-        hard = view.hard
-        if hard is not None and view.count >= hard and view.count > view.low:
+        if self._at_hard() and view.count > view.low:
             return "hard", now
         wake = min((t.next_check(now) for t in self.triggers), default=math.inf)
         return None, wake
