@@ -553,6 +553,29 @@ def test_planner_yields_between_chunks_and_agrees_with_plan_now() -> None:
     assert core.state.count == 40
 
 
+def test_scorers_see_the_rounds_time_while_the_clock_moves() -> None:
+    core = Core(2, 4)
+    seen: list[float] = []
+
+    def recorder(stream: cm.Stream) -> float:
+        seen.append(stream.last_active + stream.idle_time)
+        return 0.5
+
+    member = core.member("p")
+    member.scorer = recorder
+    streams = [core.stream(member, core.conn()) for _ in range(12)]
+    round_time = core.now
+    gen = plan_round(core.state, round_time, trigger="test", chunk=3)
+    with pytest.raises(StopIteration):
+        while True:
+            next(gen)
+            # Time passes between chunks; outside them idle_time is live again.
+            core.now += 5.0
+            assert streams[0].idle_time == core.now - streams[0].last_active
+    assert seen == [round_time] * 12
+    assert core.state.round_now is None
+
+
 def test_sorted_in_runs_matches_one_sort(monkeypatch: pytest.MonkeyPatch) -> None:
     core = Core(5, 10)
     member = core.member("p")

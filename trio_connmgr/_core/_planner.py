@@ -20,12 +20,13 @@ held lock. A candidate whose removal would take any protocol using it below its
 
 from __future__ import annotations
 
+import collections
 import enum
 import itertools
 import math
 import operator
-from collections.abc import Callable, Generator, Iterator
-from typing import TYPE_CHECKING, Any, final
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, NamedTuple, final
 
 import attrs
 
@@ -83,8 +84,7 @@ class PruneReason:
 
 
 @final
-@attrs.frozen
-class Victim:
+class Victim(NamedTuple):
     """A connection chosen by a plan, with its reason."""
 
     connection: Connection
@@ -117,19 +117,6 @@ class Plan:
     def shortfall(self) -> int:
         """How many victims short of the target the plan is."""
         return max(0, self.target - len(self.victims))
-
-
-@attrs.define(eq=False)
-class _Candidate:
-    conn: Connection
-    tally: float
-    # Protocols with open streams on it (for grant.min), and those with non-burst
-    # streams (for offender accounting).
-    members: tuple[EnrollmentState, ...]
-    plain: tuple[EnrollmentState, ...]
-    burst_key: float | None
-    burst_protocol: str | None
-    taken: bool = False
 
 
 def exclusion(state: State, conn: Connection, now: float) -> str | None:
@@ -166,16 +153,13 @@ def _burst_key(state: State, conn: Connection, now: float) -> tuple[float, str] 
 
 
 def _sorted(
-    items: list[_Candidate],
-    key: Callable[[_Candidate], Any],
-    ties: Callable[[_Candidate], Any] | None = None,
-) -> Generator[None, None, Iterator[_Candidate]]:
-    """Sort ``items`` by ``key``, yielding between runs; return an iterator in order.
+    items: list[int],
+    key: Callable[[int], Any],
+) -> Generator[None, None, None]:
+    """Sort ``items`` in place by ``key``, yielding between runs of :data:`SORT_RUN`.
 
-    ``items`` are in connection id order and every sort is stable, so items with
-    equal keys stay in id order. ``ties``, if given, is the full order for items
-    whose ``key`` is equal. Sorting by a plain float ``key`` is much faster than by
-    a tuple, and ties are rare: only they pay for the full key.
+    ``items`` are connection indices in id order and every sort is stable, so
+    items with equal keys stay in id order.
     """
     if len(items) > SORT_RUN:
         for start in range(0, len(items), SORT_RUN):
@@ -183,17 +167,14 @@ def _sorted(
             yield
     # On sorted runs this is one cheap merging pass (Timsort finds the runs).
     items.sort(key=key)
-    if ties is not None:
-        if len(items) > SORT_RUN:
-            yield
-        _break_ties(items, key, ties)
-    return iter(items)
 
 
-def _break_ties(
-    items: list[_Candidate], key: Callable[[_Candidate], Any], ties: Callable[[_Candidate], Any]
-) -> None:
-    """Re-order by ``ties`` every run of equal ``key`` in ``items`` (sorted by ``key``)."""
+def _break_ties(items: list[int], key: Callable[[int], Any], ties: Callable[[int], Any]) -> None:
+    """Re-order by ``ties`` every run of equal ``key`` in ``items`` (sorted by ``key``).
+
+    Sorting by a plain float ``key`` is much faster than by a tuple, and ties
+    are rare: only they pay for the full order.
+    """
     keys = list(map(key, items))
     # Indices i with keys[i] == keys[i + 1], found without a Python-level loop.
     same = list(itertools.compress(itertools.count(), map(operator.eq, keys, keys[1:])))
@@ -206,15 +187,6 @@ def _break_ties(
             stop += 1
             i += 1
         items[start:stop] = sorted(items[start:stop], key=ties)
-
-
-_tally = operator.attrgetter("tally")
-_burst_close = operator.attrgetter("burst_key")
-
-
-def _busy_key(c: _Candidate) -> tuple[float, int, float, int]:
-    conn = c.conn
-    return (c.tally, conn.direction is Direction.OUTBOUND, -conn.opened_at, -conn.id)
 
 
 def plan_round(
@@ -237,174 +209,239 @@ def plan_round(
         chunk: Work done between two yields.
     """
     conns = list(state.connections.values())
+    n = len(conns)
     if target is None:
-        target = len(conns) - state.low
+        target = n - state.low
     if target <= 0:
         return Plan(target=max(target, 0))
 
-    burst_first: list[_Candidate] = []
-    idle: list[_Candidate] = []
-    busy: list[_Candidate] = []
-    by_member: dict[EnrollmentState, list[_Candidate]] = {}
+    # The snapshot is kept in columns indexed like ``conns`` (floats, small ints
+    # and shared tuples, no object per connection): cheap to build, to sort by
+    # index and to free, and next to nothing for the garbage collector to track.
+    tallies = [0.0] * n
+    # Protocols with open streams on each candidate (for grant.min), as a tuple
+    # shared by every connection with the same protocol set.
+    members_of: list[tuple[EnrollmentState, ...]] = [()] * n
+    # Protocols with non-burst streams (for offender accounting): the index of
+    # that set in ``shapes``, and the set itself where it differs from members_of.
+    plain_shape = [0] * n
+    plain_of: dict[int, tuple[EnrollmentState, ...]] = {}
+    # Every protocol set seen, numbered; and how many candidates have each as
+    # their plain set (offender accounting needs no per-protocol pass).
+    shape_ids: dict[tuple[EnrollmentState, ...], int] = {(): 0}
+    shapes: list[tuple[EnrollmentState, ...]] = [()]
+    shape_counts = [0]
+    bursts: dict[int, tuple[float, str]] = {}
+    burst_first: list[int] = []
+    idle: list[int] = []
+    busy: list[int] = []
     plain_usage: dict[EnrollmentState, int] = {}
     excluded: dict[str, int] = {}
     protected = state.protected
     grace = state.grace_period
     grace_ends = math.inf
-    shapes: dict[tuple[EnrollmentState, ...], tuple[EnrollmentState, ...]] = {}
 
-    for i, conn in enumerate(conns):
-        if i % chunk == chunk - 1:
+    for start in range(0, n, chunk):
+        if start:
             yield
-        if conn.closed:
-            continue
-        streams = conn.streams
-        why = None
-        if conn.peer in protected:
-            why = "protected"
-        elif conn._locks:
-            why = "locked"
-            if now - conn.opened_at < grace:
-                # Revocable under pressure once its grace period ends.
-                grace_ends = min(grace_ends, conn.opened_at + grace)
-        elif now - conn.opened_at < grace:
-            why = "grace"
-            grace_ends = min(grace_ends, conn.opened_at + grace)
-        if why is not None:
-            excluded[why] = excluded.get(why, 0) + 1
-            seen: set[EnrollmentState] = set()
-            for stream in streams:
-                if stream.burst is None and stream._member not in seen:
-                    seen.add(stream._member)
-                    plain_usage[stream._member] = plain_usage.get(stream._member, 0) + 1
-            continue
-        burst = _burst_key(state, conn, now) if conn._bursts else None
-        if not streams:
-            cand = _Candidate(conn, 0.0, (), (), None, None)
-            if burst is not None:
-                cand.burst_key, cand.burst_protocol = burst
-                burst_first.append(cand)
-            else:
-                idle.append(cand)
-            continue
-        best: dict[EnrollmentState, float] = {}
-        bursty = False
-        for stream in streams:
-            member = stream._member
-            # score(member, stream), inlined: this loop is the hot path of a round.
-            try:
-                value = member.scorer(stream)
-            except Exception:
-                value = scorer_failed(member)
-            else:
-                if type(value) is not float or not 0.0 <= value <= 1.0:
-                    value = checked(member, value)
-            if value > best.get(member, -1.0):
-                best[member] = value
-            if stream.burst is not None:
-                bursty = True
-        total = 0.0
-        for member, value in best.items():
-            total += member.weight * value
-        # Connections share a few protocol sets: one tuple per set, not per
-        # connection, so a round leaves far fewer objects for the GC to track.
-        members = tuple(best)
-        members = shapes.setdefault(members, members)
-        plain = members
-        if bursty:
-            plain = tuple({s._member: None for s in streams if s.burst is None})
-            plain = shapes.setdefault(plain, plain)
-        cand = _Candidate(conn, total, members, plain, None, None)
+        # Scorers see the round's time (Stream.idle_time), never the time between chunks.
+        state.round_now = now
+        try:
+            for i in range(start, min(start + chunk, n)):
+                conn = conns[i]
+                if conn.closed:
+                    continue
+                streams = conn.streams
+                why = None
+                if protected and conn.peer in protected:
+                    why = "protected"
+                elif conn._locks:
+                    why = "locked"
+                    if now - conn.opened_at < grace:
+                        # Revocable under pressure once its grace period ends.
+                        grace_ends = min(grace_ends, conn.opened_at + grace)
+                elif now - conn.opened_at < grace:
+                    why = "grace"
+                    grace_ends = min(grace_ends, conn.opened_at + grace)
+                if why is not None:
+                    excluded[why] = excluded.get(why, 0) + 1
+                    seen: set[EnrollmentState] = set()
+                    for stream in streams:
+                        if stream.burst is None and stream._member not in seen:
+                            seen.add(stream._member)
+                            plain_usage[stream._member] = plain_usage.get(stream._member, 0) + 1
+                    continue
+                burst = _burst_key(state, conn, now) if conn._bursts else None
+                if not streams:
+                    if burst is not None:
+                        bursts[i] = burst
+                        burst_first.append(i)
+                    else:
+                        idle.append(i)
+                    continue
+                total = 0.0
+                bursty = False
+                protocols = conn._protocols
+                if len(protocols) == len(streams):
+                    # One stream per protocol (the common case): its score is the
+                    # protocol's best, and the protocol set is the connection's own.
+                    for stream in streams:
+                        member = stream._member
+                        # score(member, stream), inlined: this loop is the hot path of a round.
+                        try:
+                            value = member.scorer(stream)
+                        except Exception:
+                            value = scorer_failed(member)
+                        else:
+                            if type(value) is not float or not 0.0 <= value <= 1.0:
+                                value = checked(member, value)
+                        total += member.weight * value
+                        if stream.burst is not None:
+                            bursty = True
+                    members = tuple(protocols)
+                else:
+                    best: dict[EnrollmentState, float] = {}
+                    for stream in streams:
+                        member = stream._member
+                        try:
+                            value = member.scorer(stream)
+                        except Exception:
+                            value = scorer_failed(member)
+                        else:
+                            if type(value) is not float or not 0.0 <= value <= 1.0:
+                                value = checked(member, value)
+                        if value > best.get(member, -1.0):
+                            best[member] = value
+                        if stream.burst is not None:
+                            bursty = True
+                    for member, value in best.items():
+                        total += member.weight * value
+                    members = tuple(best)
+                tallies[i] = total
+                sid = shape_ids.get(members)
+                if sid is None:
+                    sid = shape_ids[members] = len(shapes)
+                    shapes.append(members)
+                    shape_counts.append(0)
+                members_of[i] = shapes[sid]
+                if bursty:
+                    plain = tuple({s._member: None for s in streams if s.burst is None})
+                    sid = shape_ids.get(plain)
+                    if sid is None:
+                        sid = shape_ids[plain] = len(shapes)
+                        shapes.append(plain)
+                        shape_counts.append(0)
+                    plain_of[i] = shapes[sid]
+                    if burst is not None and not plain:
+                        bursts[i] = burst
+                        burst_first.append(i)
+                plain_shape[i] = sid
+                shape_counts[sid] += 1
+                busy.append(i)
+        finally:
+            state.round_now = None
+
+    for plain, shared in zip(shapes, shape_counts, strict=True):
         for member in plain:
-            bucket = by_member.get(member)
-            if bucket is None:
-                by_member[member] = [cand]
-            else:
-                bucket.append(cand)
-        if burst is not None and not plain:
-            cand.burst_key, cand.burst_protocol = burst
-            burst_first.append(cand)
-        busy.append(cand)
-
-    for member, bucket in by_member.items():
-        plain_usage[member] = plain_usage.get(member, 0) + len(bucket)
-    usage = {member: member.usage for member in state.members.values()}
+            plain_usage[member] = plain_usage.get(member, 0) + shared
+    # (A defaultdict: a protocol that left during the round counts as unused.)
+    usage = collections.defaultdict(int, {m: m.usage for m in state.members.values()})
+    taken = bytearray(n)
     victims: list[Victim] = []
-    blocked: list[tuple[_Candidate, Phase, str | None]] = []
+    blocked: list[tuple[int, Phase, str | None]] = []
 
-    def take(cand: _Candidate, phase: Phase, protocol: str | None, force: bool = False) -> None:
-        cand.taken = True
-        for member in cand.members:
-            usage[member] = usage.get(member, 0) - 1
-        for member in cand.plain:
+    def take(i: int, phase: Phase, protocol: str | None, forced: bool = False) -> None:
+        taken[i] = 1
+        members = members_of[i]
+        for member in members:
+            usage[member] -= 1
+        for member in plain_of.get(i, members) if plain_of else members:
             plain_usage[member] -= 1
-        reason = PruneReason(phase, protocol, cand.tally, len(victims) + 1, trigger, force)
-        victims.append(Victim(cand.conn, reason))
-
-    def try_take(cand: _Candidate, phase: Phase, protocol: str | None) -> None:
-        for member in cand.members:
-            if usage.get(member, 0) - 1 < member.grant.min:
-                blocked.append((cand, phase, protocol))
-                return
-        take(cand, phase, protocol)
+        reason = PruneReason(phase, protocol, tallies[i], len(victims) + 1, trigger, forced)
+        victims.append(Victim(conns[i], reason))
 
     def select(
-        ordered: Iterator[_Candidate], phase: Phase, protocol: str | None = None
+        ordered: list[int], phase: Phase, offender: EnrollmentState | None = None
     ) -> Generator[None, None, None]:
-        for i, cand in enumerate(ordered):
-            if len(victims) >= target:
-                return
-            if i % chunk == chunk - 1:
+        """Take candidates from ``ordered`` until the target is reached (or, for an
+        offender, until it is back within its ``grant.max``)."""
+        protocol = None if offender is None else offender.name
+        for start in range(0, len(ordered), chunk):
+            if start:
                 yield
-            if cand.taken:
-                continue
-            try_take(cand, phase, cand.burst_protocol if protocol is None else protocol)
+            for i in ordered[start : start + chunk]:
+                if len(victims) >= target:
+                    return
+                if offender is not None and plain_usage[offender] <= offender.grant.max:
+                    return
+                if taken[i]:
+                    continue
+                if offender is None and bursts:
+                    # The reason names the burst of a burst-only connection.
+                    burst = bursts.get(i)
+                    protocol = None if burst is None else burst[1]
+                for member in members_of[i]:
+                    if usage[member] <= member.grant.min:
+                        blocked.append((i, phase, protocol))
+                        break
+                else:
+                    take(i, phase, protocol)
 
     # Phase 1: burst-only connections of recently-closed bursts, oldest close first.
-    ordered = yield from _sorted(burst_first, _burst_close)
-    yield from select(ordered, Phase.BURST)
+    if burst_first:
+        yield from _sorted(burst_first, lambda i: bursts[i][0])
+        yield from select(burst_first, Phase.BURST)
     # Phase 2: idle connections, least recently active first.
-    ordered = yield from _sorted(idle, lambda c: c.conn.last_active)
-    yield from select(ordered, Phase.IDLE)
+    if idle and len(victims) < target:
+        yield from _sorted(idle, lambda i: conns[i].last_active)
+        yield from select(idle, Phase.IDLE)
+    # Phases 3 and 4 take candidates by ascending tally; equal tallies stay in id
+    # order until phase 4 breaks its ties by the full order.
+    if len(victims) < target:
+        yield from _sorted(busy, tallies.__getitem__)
     # Phase 3: offending protocols, most over quota first, lowest tally first within.
-    offenders = [m for m, n in plain_usage.items() if n > m.grant.max and m in by_member]
+    offenders = [m for m, k in plain_usage.items() if k > m.grant.max]
     offenders.sort(key=lambda m: (-plain_usage[m] / max(m.grant.max, 0.5), m.name))
-    for member in offenders:
-        ordered = yield from _sorted(by_member[member], _tally)
-        for i, cand in enumerate(ordered):
-            if len(victims) >= target or plain_usage[member] <= member.grant.max:
-                break
-            if i % chunk == chunk - 1:
+    for offender in offenders:
+        if len(victims) >= target:
+            break
+        # Its candidates, in tally order: filtered in C by their plain set's number.
+        has = {sid for sid, plain in enumerate(shapes) if offender in plain}
+        bucket: list[int] = []
+        for start in range(0, len(busy), SORT_RUN):
+            if start:
                 yield
-            if not cand.taken:
-                try_take(cand, Phase.OFFENDER, member.name)
+            run = busy[start : start + SORT_RUN]
+            bucket += itertools.compress(
+                run, map(has.__contains__, map(plain_shape.__getitem__, run))
+            )
+        yield from select(bucket, Phase.OFFENDER, offender)
     # Phase 4: everything else by ascending tally.
     if len(victims) < target:
-        ordered = yield from _sorted(busy, _tally, _busy_key)
-        yield from select(ordered, Phase.TALLY, None)
+        if len(busy) > SORT_RUN:
+            yield
+        _break_ties(busy, tallies.__getitem__, lambda i: _busy_key(conns[i], tallies[i]))
+        yield from select(busy, Phase.TALLY)
     # Forced rounds may go below grant.min when nothing else is left.
     if forced:
-        for cand, phase, protocol in blocked:
+        for i, phase, protocol in blocked:
             if len(victims) >= target:
                 break
-            if not cand.taken:
-                take(cand, phase, protocol, force=True)
+            if not taken[i]:
+                take(i, phase, protocol, forced=True)
 
-    min_blocked = {id(c.conn): c.conn for c, _, _ in blocked if not c.taken}
+    min_blocked = {i: conns[i] for i, _, _ in blocked if not taken[i]}
     candidates = (
-        len(burst_first) + len(idle) + len(busy) - sum(1 for c in burst_first if c.conn.streams)
+        len(burst_first) + len(idle) + len(busy) - sum(1 for i in burst_first if conns[i].streams)
     )
-    # Let go of the candidates a run at a time: freeing a big snapshot's all at
-    # once would block the event loop for tens of milliseconds.
-    blocked.clear()
-    by_member.clear()
-    for group in (burst_first, idle, busy):
-        while len(group) > SORT_RUN:
-            del group[-SORT_RUN:]
-            yield
     return Plan(
         tuple(victims), target, candidates, excluded, tuple(min_blocked.values()), grace_ends
     )
+
+
+def _busy_key(conn: Connection, tally: float) -> tuple[float, int, float, int]:
+    """The full order of phase 4: tally; inbound before outbound; newest first."""
+    return (tally, conn.direction is Direction.OUTBOUND, -conn.opened_at, -conn.id)
 
 
 def plan_now(state: State, now: float, **kwargs: Any) -> Plan:

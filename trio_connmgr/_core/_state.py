@@ -161,8 +161,16 @@ class Stream:
 
     @property
     def idle_time(self) -> float:
-        """Seconds since the last activity, on the manager's clock."""
-        return self._member._state.clock() - self.last_active
+        """Seconds since the last activity, on the manager's clock.
+
+        While a round scores the stream, it is measured at the round's time, so
+        every scorer of the round sees the same instant.
+        """
+        state = self._member._state
+        now = state.round_now
+        if now is None:
+            now = state.clock()
+        return now - self.last_active
 
     def touch(self, nbytes: int = 0) -> None:
         """Record activity (and ``nbytes`` transferred) for scorers. Synchronous, cheap."""
@@ -350,6 +358,8 @@ class State:
         lock_budget: int | None = None,
     ) -> None:
         self.clock = clock
+        # The time of the round whose planner is calling scorers right now, else None.
+        self.round_now: float | None = None
         self.limits = limits
         self.low = limits.low
         self.high = limits.high
