@@ -149,32 +149,28 @@ class _ConnectionContext:
 class _Closer:
     """Attached to a tracked connection: when the state closes it, run ``close()``."""
 
-    __slots__ = ("_close", "_manager", "conn")
+    __slots__ = ("_close", "_manager", "conn", "done")
 
     def __init__(self, manager: ConnectionManager, close: CloseFn) -> None:
         self._manager = manager
         self._close = close
         self.conn: Connection | None = None
+        self.done = False
 
     def cancel(self, reason: str | None = None) -> None:
         conn = self.conn
         if conn is not None and conn.close_reason == RELEASED:
             return  # the transport ended it; nothing to close
-        self._manager._nursery.start_soon(self._run, reason)
+        self._manager._schedule_close(self)
 
-    async def _run(self, reason: str | None) -> None:
-        manager = self._manager
-        with trio.move_on_after(manager.close_timeout, shield=True) as scope:
-            try:
-                await self._close()
-            except Exception:
-                manager._close_errors += 1
-                logger.exception("close() of %r raised", self.conn)
-        if scope.cancelled_caught:
-            manager._close_timeouts += 1
-            logger.warning(
-                "close() of %r did not finish within %ss", self.conn, manager.close_timeout
-            )
+    async def run(self) -> None:
+        """Await ``close()`` once (inside a shielded, time-limited batch)."""
+        try:
+            await self._close()
+        except Exception:
+            self._manager._close_errors += 1
+            logger.exception("close() of %r raised", self.conn)
+        self.done = True
 
 
 @final
@@ -217,6 +213,8 @@ class ConnectionManager:
         self._fatal: ConnMgrError | None = None
         self._close_errors = 0
         self._close_timeouts = 0
+        # Closers waiting for the next batch (see _schedule_close).
+        self._closing: list[_Closer] = []
         self._sensing: Sensing | None = None
         self._sensor_readings: dict[str, dict[str, float]] = {}
 
@@ -293,6 +291,32 @@ class ConnectionManager:
         was already closed.
         """
         return self._state.close_connection(conn, PRUNED, reason)
+
+    def _schedule_close(self, closer: _Closer) -> None:
+        """Have ``closer``'s ``close()`` awaited in the next batch of closes.
+
+        The closes requested in one step (a chunk of a round, the manager's
+        exit) are awaited together, each in a task of its own, under one
+        shielded scope cut off after ``close_timeout``: one task and one scope
+        per batch besides the closes, instead of a scope for each.
+        """
+        if not self._closing:
+            self._nursery.start_soon(self._run_closers)
+        self._closing.append(closer)
+
+    async def _run_closers(self) -> None:
+        closers, self._closing = self._closing, []
+        with trio.move_on_after(self.close_timeout, shield=True) as scope:
+            async with trio.open_nursery() as nursery:
+                for closer in closers:
+                    nursery.start_soon(closer.run)
+        if scope.cancelled_caught:
+            for closer in closers:
+                if not closer.done:
+                    self._close_timeouts += 1
+                    logger.warning(
+                        "close() of %r did not finish within %ss", closer.conn, self.close_timeout
+                    )
 
     def _fail(self, error: ConnMgrError) -> None:
         """A service failed for good: stop the manager and raise ``error`` from it."""

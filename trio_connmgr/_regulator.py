@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from ._core._planner import Plan, Victim, exclusion, plan_round
+from ._core._planner import Phase, Plan, Victim, exclusion, plan_round
 from ._core._scoring import tally
 from ._core._state import Connection, State
 from ._errors import ConnMgrError
@@ -266,26 +266,29 @@ class Regulator:
             victims: list[Victim | None] = list(plan.victims)
             del plan
             pruned = 0
-            by_phase: dict[str, int] = {}
+            phases: dict[Phase, int] = {}
+            debug = logger.isEnabledFor(logging.DEBUG)
+            prune = self._manager._prune
             for start in range(0, len(victims), APPLY_CHUNK):
                 if start:
                     await trio.lowlevel.checkpoint()
                 stop = min(start + APPLY_CHUNK, len(victims))
                 for victim in victims[start:stop]:
                     assert victim is not None
-                    conn = victim.connection
+                    conn, reason = victim
                     # Checkpoints let other tasks run: a victim may have closed,
                     # been locked or protected since planning.
                     if exclusion(state, conn, now) is not None:
                         continue
-                    self._manager._prune(conn, victim.reason)
+                    prune(conn, reason)
                     pruned += 1
                     if collect is not None:
                         collect.append(conn)
-                    phase = victim.reason.phase.value
-                    by_phase[phase] = by_phase.get(phase, 0) + 1
-                    logger.debug("pruned %r: %s", conn, victim.reason)
+                    phases[reason.phase] = phases.get(reason.phase, 0) + 1
+                    if debug:
+                        logger.debug("pruned %r: %s", conn, reason)
                 victims[start:stop] = [None] * (stop - start)
+            by_phase = {phase.value: n for phase, n in phases.items()}
             end = trio.current_time()
             duration = time.perf_counter() - started
             self._record(

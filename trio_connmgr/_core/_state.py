@@ -387,6 +387,9 @@ class State:
         # Called with every connection that stops being counted (admission's
         # per-subnet counts are released here).
         self.close_hooks: list[Callable[[Connection], None]] = []
+        # The message a closing connection's scopes are cancelled with, by close
+        # reason or prune phase (built once, not per connection).
+        self._cancel_messages: dict[object, str] = {}
         self._expiries: list[tuple[float, int, LockState]] = []
         self._held_locks = 0
         self._connection_ids = itertools.count(1)
@@ -481,7 +484,8 @@ class State:
         pruned_from: tuple[str, ...] = ()
         if prune is not None:
             self.connections_pruned += 1
-            pruned_from = conn.protocols
+            if self.sink is not None:
+                pruned_from = conn.protocols
             for member in conn._protocols:
                 member.pruned += 1
         bursts = conn._bursts
@@ -492,13 +496,9 @@ class State:
         if conn._locks:
             for lock in list(conn._locks):
                 self.end_lock(lock, "dropped")
-        scopes: list[Cancellable] = []
+        scopes: list[Cancellable] | None = None
         if conn.streams:
-            for stream in list(conn.streams):
-                if stream._scope is not None:
-                    scopes.append(stream._scope)
-                    stream._scope = None
-                self.close_stream(stream)
+            scopes = self._drop_streams(conn)
         if self.sink is not None:
             now = self.clock()
             if prune is not None:
@@ -508,12 +508,18 @@ class State:
                     now, conn.id, str(conn.peer), reason, self.count, conn.direction.value
                 )
             )
-        message = reason if prune is None else f"pruned ({prune.phase.value})"
-        for scope in scopes:
-            scope.cancel(f"connection {message}")
-        if conn._scope is not None:
-            scope_, conn._scope = conn._scope, None
-            scope_.cancel(f"connection {message}")
+        if scopes or conn._scope is not None:
+            key = reason if prune is None else prune.phase
+            message = self._cancel_messages.get(key)
+            if message is None:
+                why = reason if prune is None else f"pruned ({prune.phase.value})"
+                message = self._cancel_messages[key] = f"connection {why}"
+            if scopes:
+                for scope in scopes:
+                    scope.cancel(message)
+            if conn._scope is not None:
+                scope_, conn._scope = conn._scope, None
+                scope_.cancel(message)
         return True
 
     # ----------------------------------------------------------------- streams
@@ -574,6 +580,32 @@ class State:
         else:
             burst.streams.discard(stream)
         conn.last_active = self.clock()
+
+    def _drop_streams(self, conn: Connection) -> list[Cancellable] | None:
+        """:meth:`close_stream` for every stream of a closing ``conn``, at once.
+
+        Returns the scopes of the streams' bodies, to be cancelled by the caller.
+        """
+        scopes: list[Cancellable] | None = None
+        streams = conn.streams
+        for stream in streams:
+            stream.closed = True
+            stream._member.streams.discard(stream)
+            burst = stream.burst
+            if burst is not None:
+                burst.streams.discard(stream)
+            scope = stream._scope
+            if scope is not None:
+                stream._scope = None
+                if scopes is None:
+                    scopes = [scope]
+                else:
+                    scopes.append(scope)
+        streams.clear()
+        for member in conn._protocols:
+            member.usage -= 1
+        conn._protocols.clear()
+        return scopes
 
     # -------------------------------------------------------------- enrollment
 
