@@ -251,7 +251,8 @@ class ConnectionManager:
         state = self._state
         if state.closed:
             raise ManagerClosed("the connection manager is closed")
-        check_peer("peer", peer)
+        if type(peer) is not str:  # a str always identifies a peer
+            check_peer("peer", peer)
         if address is not None and type(address) is not str:
             check_address("address", address)
         admission = self._admission

@@ -88,7 +88,8 @@ class Connection:
     last_active: float = 0.0
     # Open streams per enrollment: the source of `protocols` and of usage.
     _protocols: dict[EnrollmentState, int] = attrs.Factory(dict)
-    _locks: list[LockState] = attrs.Factory(list)
+    # Held locks on it; an empty tuple until the first lock (most never have one).
+    _locks: list[LockState] | tuple[()] = ()
     _bursts: set[BurstState] | None = None
     # Set once a stream outside any burst has closed on it: not burst-only.
     _plain_use: bool = False
@@ -714,9 +715,12 @@ class State:
         now = self.clock()
         lock.status = "held"
         lock.expires_at = now + min(lock.ttl, self.max_lock_ttl)
-        if not conn._locks:
+        if conn._locks:
+            assert isinstance(conn._locks, list)
+            conn._locks.append(lock)
+        else:
             self.locked_connections += 1
-        conn._locks.append(lock)
+            conn._locks = [lock]
         member._locked[conn] = member._locked.get(conn, 0) + 1
         member.locks_granted += 1
         self._held_locks += 1
@@ -746,9 +750,11 @@ class State:
             heapq.heapify(self._expiries)
         member = lock._member
         conn = lock.stream.connection
+        assert isinstance(conn._locks, list)
         conn._locks.remove(lock)
         if not conn._locks:
             self.locked_connections -= 1
+            conn._locks = ()
         n = member._locked[conn] - 1
         if n:
             member._locked[conn] = n
