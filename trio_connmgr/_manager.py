@@ -110,21 +110,29 @@ def _carries_cancelled(exc: BaseException) -> bool:
 class _ConnectionContext:
     """``async with mgr.connection(...)``: see :meth:`ConnectionManager.connection`."""
 
-    __slots__ = ("_address", "_conn", "_direction", "_manager", "_peer", "_scope")
+    __slots__ = ("_address", "_checkpoint", "_conn", "_direction", "_manager", "_peer", "_scope")
     # Set by __aenter__ (``async with`` never calls __aexit__ without it).
     _conn: Connection
     _scope: trio.CancelScope
 
     def __init__(
-        self, manager: ConnectionManager, peer: Hashable, direction: Direction, address: str | None
+        self,
+        manager: ConnectionManager,
+        peer: Hashable,
+        direction: Direction,
+        address: str | None,
+        checkpoint: bool = True,
     ) -> None:
         self._manager = manager
         self._peer = peer
         self._direction = direction
         self._address = address
+        # False only for adapters that have just checkpointed (an accept, a dial).
+        self._checkpoint = checkpoint
 
     async def __aenter__(self) -> Connection:
-        await trio.lowlevel.checkpoint()
+        if self._checkpoint:
+            await trio.lowlevel.checkpoint()
         scope = trio.CancelScope()
         conn = self._manager._admit(self._peer, self._direction, self._address, scope)
         scope.__enter__()

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
+from ._config import Direction
 from ._errors import ConnectionRefused, ManagerClosed
+from ._manager import _ConnectionContext
 
 if TYPE_CHECKING:
     from ._core._state import Connection
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
 __all__ = ["open_tcp_connection", "serve_tcp"]
 
 logger = logging.getLogger("trio_connmgr.tcp")
+
+_INBOUND = Direction.INBOUND
+_OUTBOUND = Direction.OUTBOUND
 
 Handler = Callable[[trio.SocketStream, "Connection"], Awaitable[object]]
 """A connection handler: ``await handler(stream, conn)``."""
@@ -109,7 +114,8 @@ async def serve_tcp(
         try:
             key, address = _remote(stream)
             peer: Hashable = key if peer_of is None else peer_of(stream)
-            async with manager.connection(peer, direction="inbound", address=address) as conn:
+            # The task has just started: no checkpoint before admission.
+            async with _ConnectionContext(manager, peer, _INBOUND, address, False) as conn:
                 admitted = True
                 await handler(stream, conn)
         except (ConnectionRefused, ManagerClosed) as exc:
@@ -161,7 +167,8 @@ async def open_tcp_connection(
     manager.report_dial(key, ok=True, latency=trio.current_time() - started)
     try:
         _, address = _remote(stream)
-        async with manager.connection(key, direction="outbound", address=address) as conn:
+        # The dial has just checkpointed: none again before counting.
+        async with _ConnectionContext(manager, key, _OUTBOUND, address, False) as conn:
             yield stream, conn
     finally:
         await _close_socket(stream)
