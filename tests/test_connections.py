@@ -276,6 +276,29 @@ async def test_close_that_hangs_is_cut_off(
     assert any("did not finish" in r.getMessage() for r in caplog.records)
 
 
+async def test_each_close_gets_its_whole_timeout_and_others_are_not_held_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hangs = CloseRecorder(delay=1000.0)
+    quick = CloseRecorder(delay=1.0)
+    later = CloseRecorder(delay=1000.0)
+    async with open_manager(close_timeout=10.0) as mgr:
+        # Pruned in the same step: their closes are awaited together.
+        for peer, close in (("hangs", hangs), ("quick", quick)):
+            mgr._prune(mgr.track(peer, direction="outbound", close=close), reason())
+        await trio.sleep(2)
+        # The quick close is done, though the other one still hangs.
+        assert (quick.calls, quick.finished) == (1, 1)
+        # A close requested later has the whole timeout from its own start.
+        mgr._prune(mgr.track("later", direction="outbound", close=later), reason())
+        await trio.sleep(8.5)
+        assert mgr.statistics().close_timeouts == 1  # the first, cut off at t=10
+        assert later.calls == 1
+        await trio.sleep(2)
+        assert mgr.statistics().close_timeouts == 2  # the later one, at t=12
+    assert (hangs.finished, later.finished) == (0, 0)
+
+
 async def test_close_that_raises_is_counted_and_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
