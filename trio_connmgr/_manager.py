@@ -598,9 +598,9 @@ class ConnectionManager:
         blocked_by: tuple[str, ...] = ()
         if why is None:
             plan = plan_now(state, now, trigger="explain")
-            for victim in plan.victims:
-                if victim.connection is conn:
-                    reason = victim.reason
+            for victim, why_pruned in zip(plan.connections, plan.reasons, strict=True):
+                if victim is conn:
+                    reason = why_pruned
                     break
             min_blocked = any(c is conn for c in plan.min_blocked)
             if min_blocked:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from ._core._planner import Phase, Plan, Victim, exclusion, plan_round
+from ._core._planner import Phase, Plan, PruneReason, exclusion, plan_round
 from ._core._scoring import tally
 from ._core._state import Connection, State
 from ._errors import ConnMgrError
@@ -263,7 +263,8 @@ class Regulator:
             unprunable = sum(plan.excluded.values()) + len(plan.min_blocked)
             # Apply in chunks and let go of each chunk as it is done: a round that
             # prunes 50,000 connections must not free them all in one step either.
-            victims: list[Victim | None] = list(plan.victims)
+            victims: list[Connection | None] = list(plan.connections)
+            reasons: list[PruneReason | None] = list(plan.reasons)
             del plan
             pruned = 0
             phases: dict[Phase, int] = {}
@@ -273,21 +274,22 @@ class Regulator:
                 if start:
                     await trio.lowlevel.checkpoint()
                 stop = min(start + APPLY_CHUNK, len(victims))
-                for victim in victims[start:stop]:
+                for victim, reason in zip(victims[start:stop], reasons[start:stop], strict=True):
                     assert victim is not None
-                    conn, reason = victim
+                    assert reason is not None
                     # Checkpoints let other tasks run: a victim may have closed,
                     # been locked or protected since planning.
-                    if exclusion(state, conn, now) is not None:
+                    if exclusion(state, victim, now) is not None:
                         continue
-                    prune(conn, reason)
+                    prune(victim, reason)
                     pruned += 1
                     if collect is not None:
-                        collect.append(conn)
+                        collect.append(victim)
                     phases[reason.phase] = phases.get(reason.phase, 0) + 1
                     if debug:
-                        logger.debug("pruned %r: %s", conn, reason)
+                        logger.debug("pruned %r: %s", victim, reason)
                 victims[start:stop] = [None] * (stop - start)
+                reasons[start:stop] = [None] * (stop - start)
             by_phase = {phase.value: n for phase, n in phases.items()}
             end = trio.current_time()
             duration = time.perf_counter() - started

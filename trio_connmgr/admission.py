@@ -77,9 +77,8 @@ def enforce_hard_cap(
     extra = ""
     if evict:
         plan = plan_now(state, state.clock(), target=1, trigger="admission")
-        if plan.victims:
-            victim = plan.victims[0]
-            state.close_connection(victim.connection, EVICTED, victim.reason)
+        if plan.connections:
+            state.close_connection(plan.connections[0], EVICTED, plan.reasons[0])
             return
         extra = " and no connection can be evicted"
     raise manager._refuse(

@@ -97,7 +97,8 @@ class Plan:
     """The outcome of planning a round.
 
     Attributes:
-        victims: The victims, in order.
+        connections: The victims, in order.
+        reasons: Their :class:`PruneReason`, in the same order.
         target: How many victims the round wanted (``count - low``).
         candidates: How many connections were prunable at all.
         excluded: Connections never prunable now (grace, protected, locked), by reason.
@@ -106,7 +107,8 @@ class Plan:
             prunable, or revocable if it is locked (``inf`` if none is in grace).
     """
 
-    victims: tuple[Victim, ...] = ()
+    connections: tuple[Connection, ...] = ()
+    reasons: tuple[PruneReason, ...] = ()
     target: int = 0
     candidates: int = 0
     excluded: dict[str, int] = attrs.Factory(dict)
@@ -114,9 +116,14 @@ class Plan:
     grace_ends: float = math.inf
 
     @property
+    def victims(self) -> tuple[Victim, ...]:
+        """The victims with their reasons, in order (built on each access)."""
+        return tuple(map(Victim, self.connections, self.reasons))
+
+    @property
     def shortfall(self) -> int:
         """How many victims short of the target the plan is."""
-        return max(0, self.target - len(self.victims))
+        return max(0, self.target - len(self.connections))
 
 
 def exclusion(state: State, conn: Connection, now: float) -> str | None:
@@ -347,7 +354,8 @@ def plan_round(
     # (A defaultdict: a protocol that left during the round counts as unused.)
     usage = collections.defaultdict(int, {m: m.usage for m in state.members.values()})
     taken = bytearray(n)
-    victims: list[Victim] = []
+    victims: list[Connection] = []
+    reasons: list[PruneReason] = []
     blocked: list[tuple[int, Phase, str | None]] = []
 
     def take(i: int, phase: Phase, protocol: str | None, forced: bool = False) -> None:
@@ -357,8 +365,10 @@ def plan_round(
             usage[member] -= 1
         for member in plain_of.get(i, members) if plain_of else members:
             plain_usage[member] -= 1
-        reason = PruneReason(phase, protocol, tallies[i], len(victims) + 1, trigger, forced)
-        victims.append(Victim(conns[i], reason))
+        # Two lists, not a pair per victim: fewer objects for the garbage
+        # collector to track while a big round is being planned.
+        victims.append(conns[i])
+        reasons.append(PruneReason(phase, protocol, tallies[i], len(victims), trigger, forced))
 
     def select(
         ordered: list[int], phase: Phase, offender: EnrollmentState | None = None
@@ -435,7 +445,13 @@ def plan_round(
         len(burst_first) + len(idle) + len(busy) - sum(1 for i in burst_first if conns[i].streams)
     )
     return Plan(
-        tuple(victims), target, candidates, excluded, tuple(min_blocked.values()), grace_ends
+        tuple(victims),
+        tuple(reasons),
+        target,
+        candidates,
+        excluded,
+        tuple(min_blocked.values()),
+        grace_ends,
     )
 
 
