@@ -51,6 +51,10 @@ class Phase(enum.Enum):
     OFFENDER = "offender"
     TALLY = "tally"
 
+    # Members are singletons compared by identity: hash them by identity too
+    # (Enum's default hashes the name in Python; rounds count victims by phase).
+    __hash__ = object.__hash__
+
 
 @final
 @attrs.frozen
