@@ -416,20 +416,29 @@ def plan_round(
     # Phase 3: offending protocols, most over quota first, lowest tally first within.
     offenders = [m for m, k in plain_usage.items() if k > m.grant.max]
     offenders.sort(key=lambda m: (-plain_usage[m] / max(m.grant.max, 0.5), m.name))
+    # The plain protocol set of each candidate in tally order, read once: a pass
+    # over ``busy`` in tally order touches its index objects in random order.
+    busy_shapes: list[int] = []
     for offender in offenders:
         if len(victims) >= target:
             break
+        if not busy_shapes:
+            for start in range(0, len(busy), SORT_RUN):
+                if start:
+                    yield
+                busy_shapes += map(plain_shape.__getitem__, busy[start : start + SORT_RUN])
         # Its candidates, in tally order: filtered in C by their plain set's number.
         has = {sid for sid, plain in enumerate(shapes) if offender in plain}
         bucket: list[int] = []
         for start in range(0, len(busy), SORT_RUN):
             if start:
                 yield
-            run = busy[start : start + SORT_RUN]
+            stop = start + SORT_RUN
             bucket += itertools.compress(
-                run, map(has.__contains__, map(plain_shape.__getitem__, run))
+                busy[start:stop], map(has.__contains__, busy_shapes[start:stop])
             )
         yield from select(bucket, Phase.OFFENDER, offender)
+    del busy_shapes
     # Phase 4: everything else by ascending tally.
     if len(victims) < target:
         if len(busy) > SORT_RUN:
