@@ -113,6 +113,11 @@ def test_recency_scorer() -> None:
     clock.now = 60.0
     assert cm.RecencyScorer()(stream) == pytest.approx(0.5)
     assert cm.RecencyScorer() == cm.RecencyScorer(30.0)
+    # While a round plans, it scores at the round's time (touched at 30).
+    state.round_now = 45.0
+    assert scorer(stream) == pytest.approx(2**-1.5)
+    state.round_now = None
+    assert scorer(stream) == pytest.approx(2**-3)
 
 
 def test_tally_is_weighted_sum_of_best_scores() -> None:

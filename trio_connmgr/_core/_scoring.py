@@ -39,10 +39,16 @@ class RecencyScorer:
 
     def __call__(self, stream: Stream) -> float:
         """Score ``stream`` in ``[0, 1]``."""
-        idle = stream.idle_time
+        # stream.idle_time, inlined: every round calls this once per stream.
+        state = stream._member._state
+        now = state.round_now
+        if now is None:
+            now = state.clock()
+        idle = now - stream.last_active
         if idle <= 0.0:
             return 1.0
-        return float(0.5 ** (idle / self.half_life))
+        score: float = 0.5 ** (idle / self.half_life)
+        return score
 
 
 def score(member: EnrollmentState, stream: Stream) -> float:
