@@ -40,11 +40,15 @@ class RecencyScorer:
     def __call__(self, stream: Stream) -> float:
         """Score ``stream`` in ``[0, 1]``."""
         # stream.idle_time, inlined: every round calls this once per stream.
-        state = stream._member._state
-        now = state.round_now
-        if now is None:
-            now = state.clock()
-        idle = now - stream.last_active
+        try:
+            state = stream._member._state
+        except AttributeError:  # a stand-in with the public attributes only
+            idle = stream.idle_time
+        else:
+            now = state.round_now
+            if now is None:
+                now = state.clock()
+            idle = now - stream.last_active
         if idle <= 0.0:
             return 1.0
         score: float = 0.5 ** (idle / self.half_life)
