@@ -9,12 +9,11 @@ clock. ``docs/trace.md`` documents the JSON form of each.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, ClassVar, final
+from typing import Any, ClassVar, final
 
 import attrs
 
-if TYPE_CHECKING:
-    from ._planner import PruneReason
+from ._planner import PruneReason
 
 
 def _plain(instance: object, field: object, value: Any) -> Any:
@@ -40,6 +39,8 @@ class Event:
             value = getattr(self, field.name)
             if attrs.has(type(value)):
                 value = attrs.asdict(value, value_serializer=_plain)
+            elif isinstance(value, PruneReason):
+                value = {name: _plain(None, None, item) for name, item in value._asdict().items()}
             elif isinstance(value, tuple):
                 value = [list(item) if isinstance(item, tuple) else item for item in value]
             out[field.name] = value

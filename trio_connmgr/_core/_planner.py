@@ -57,9 +57,8 @@ class Phase(enum.Enum):
 
 
 @final
-@attrs.frozen
-class PruneReason:
-    """Why a round pruned a connection.
+class PruneReason(NamedTuple):
+    """Why a round pruned a connection (an immutable record).
 
     Attributes:
         phase: The :class:`Phase` that chose it.
@@ -72,6 +71,8 @@ class PruneReason:
             (only in forced rounds, when nothing else was left).
     """
 
+    # A named tuple rather than an attrs class: a round builds one per victim,
+    # and this is the cheapest immutable record Python has.
     phase: Phase
     protocol: str | None
     tally: float
