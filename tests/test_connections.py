@@ -299,6 +299,54 @@ async def test_each_close_gets_its_whole_timeout_and_others_are_not_held_back(
     assert (hangs.finished, later.finished) == (0, 0)
 
 
+class CloseBug(BaseException):
+    """Not an Exception: a close() that raises it must still not cut off the others."""
+
+
+async def test_a_base_exception_from_one_close_spares_the_others(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    others = [CloseRecorder(delay=1.0), CloseRecorder(delay=1.0)]
+
+    async def buggy() -> None:
+        raise CloseBug
+
+    with pytest.RaisesGroup(CloseBug, flatten_subgroups=True):
+        async with open_manager() as mgr:
+            conns = [mgr.track("bug", direction="outbound", close=buggy)]
+            conns += [mgr.track(i, direction="outbound", close=c) for i, c in enumerate(others)]
+            for conn in conns:
+                mgr._prune(conn, reason())
+            await trio.sleep(2)
+    # Both graceful closes ran to the end; the error still surfaced.
+    assert [c.finished for c in others] == [1, 1]
+
+
+async def test_a_close_that_ignores_its_timeout_does_not_delay_the_others(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hangs = CloseRecorder(delay=1000.0)
+    stubborn_done = trio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(100)  # e.g. insists on a graceful shutdown
+            stubborn_done.set()
+            raise
+
+    async with open_manager(close_timeout=1.0) as mgr:
+        for peer, close in (("hangs", hangs), ("stubborn", stubborn)):
+            mgr._prune(mgr.track(peer, direction="outbound", close=close), reason())
+        await trio.sleep(1.5)
+        # The hanging close was cut off and counted at its deadline.
+        assert mgr.statistics().close_timeouts == 1
+        await stubborn_done.wait()
+    assert mgr.statistics().close_timeouts == 2
+
+
 async def test_close_that_raises_is_counted_and_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -576,6 +576,34 @@ def test_scorers_see_the_rounds_time_while_the_clock_moves() -> None:
     assert core.state.round_now is None
 
 
+def test_a_round_planned_inside_a_scorer_keeps_the_outer_rounds_time() -> None:
+    # explain(), or an admission eviction, from inside a scorer plans a round of
+    # its own; the outer round's scorers keep seeing the outer round's time.
+    core = Core(2, 4)
+    seen: list[float] = []
+    nested = False
+
+    def scorer(stream: cm.Stream) -> float:
+        nonlocal nested
+        if nested:
+            return 0.5
+        seen.append(stream.last_active + stream.idle_time)
+        nested = True
+        plan_now(core.state, core.now + 1.0)
+        nested = False
+        core.now += 1.0  # the clock moves while the round runs
+        return 0.5
+
+    member = core.member("p")
+    member.scorer = scorer
+    for _ in range(3):
+        core.stream(member, core.conn())
+    round_time = core.now
+    core.plan()
+    assert seen == [round_time] * 3
+    assert core.state.round_now is None
+
+
 def test_sorted_in_runs_matches_one_sort(monkeypatch: pytest.MonkeyPatch) -> None:
     core = Core(5, 10)
     member = core.member("p")

@@ -244,3 +244,41 @@ async def test_client_reports_dials_and_is_pruned_quietly() -> None:
 
     assert [ok for ok, _ in recorder.dials] == [True, True, False]
     assert all(latency is not None and latency >= 0 for _, latency in recorder.dials)
+
+
+async def test_a_cancelled_handler_task_is_not_admitted() -> None:
+    # serve_tcp skips the schedule point before admission (the task has just
+    # started), but a handler task whose nursery is being cancelled must not be
+    # admitted: at hard it would evict a live connection for nothing.
+    ran = 0
+
+    async def handler(stream: trio.SocketStream, conn: cm.Connection) -> None:
+        nonlocal ran
+        ran += 1
+
+    # Allow-listed newcomers at hard evict a connection to get in.
+    admission = cm.Admission(allow=["127.0.0.1"])
+    async with (
+        cm.open_connection_manager(
+            limits=cm.Limits(low=1, high=2, hard=2), grace_period=0, admission=admission
+        ) as mgr,
+        trio.open_nursery() as nursery,
+    ):
+        held = [
+            mgr.track(f"held-{i}", direction="inbound", close=trio.lowlevel.checkpoint)
+            for i in range(2)
+        ]
+        async with trio.open_nursery() as handlers:
+            handlers.cancel_scope.cancel()
+            with trio.CancelScope(shield=True), trio.fail_after(10):
+                listeners = await nursery.start(
+                    partial(serve_tcp, handler, 0, manager=mgr, handler_nursery=handlers)
+                )
+                port = listeners[0].socket.getsockname()[1]
+                client = await trio.open_tcp_stream("127.0.0.1", port)
+                await wait_closed(client)
+                await client.aclose()
+        assert ran == 0
+        assert mgr.statistics().connections_opened == 2
+        assert not any(conn.closed for conn in held)
+        nursery.cancel_scope.cancel()

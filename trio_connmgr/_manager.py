@@ -127,12 +127,16 @@ class _ConnectionContext:
         self._peer = peer
         self._direction = direction
         self._address = address
-        # False only for adapters that have just checkpointed (an accept, a dial).
+        # False only for adapters that have just had a schedule point.
         self._checkpoint = checkpoint
 
     async def __aenter__(self) -> Connection:
         if self._checkpoint:
             await trio.lowlevel.checkpoint()
+        else:
+            # Just after a checkpoint (an accept, a dial): no schedule point
+            # again, but a cancelled caller is not admitted.
+            await trio.lowlevel.checkpoint_if_cancelled()
         scope = trio.CancelScope()
         conn = self._manager._admit(self._peer, self._direction, self._address, scope)
         scope.__enter__()
@@ -157,13 +161,12 @@ class _ConnectionContext:
 class _Closer:
     """Attached to a tracked connection: when the state closes it, run ``close()``."""
 
-    __slots__ = ("_close", "_manager", "conn", "done")
+    __slots__ = ("_close", "_manager", "conn")
 
     def __init__(self, manager: ConnectionManager, close: CloseFn) -> None:
         self._manager = manager
         self._close = close
         self.conn: Connection | None = None
-        self.done = False
 
     def cancel(self, reason: str | None = None) -> None:
         conn = self.conn
@@ -171,14 +174,29 @@ class _Closer:
             return  # the transport ended it; nothing to close
         self._manager._schedule_close(self)
 
-    async def run(self) -> None:
-        """Await ``close()`` once (inside a shielded, time-limited batch)."""
+    async def run(self, failures: list[BaseException]) -> None:
+        """Await ``close()`` once, in a task of a batch (see ``_run_closers``).
+
+        Never lets an exception reach the batch's nursery, which would cancel
+        the other closes: a ``BaseException`` that is not a cancellation goes to
+        ``failures``, raised once the whole batch is done.
+        """
+        manager = self._manager
         try:
             await self._close()
-        except Exception:
-            self._manager._close_errors += 1
+        except BaseException as exc:
+            if _carries_cancelled(exc):
+                # The batch's scope is shielded: only its deadline cancels a close.
+                manager._close_timeouts += 1
+                logger.warning(
+                    "close() of %r did not finish within %ss", self.conn, manager.close_timeout
+                )
+                raise
+            if not isinstance(exc, Exception):
+                failures.append(exc)
+                return
+            manager._close_errors += 1
             logger.exception("close() of %r raised", self.conn)
-        self.done = True
 
 
 @final
@@ -315,17 +333,17 @@ class ConnectionManager:
 
     async def _run_closers(self) -> None:
         closers, self._closing = self._closing, []
-        with trio.move_on_after(self.close_timeout, shield=True) as scope:
+        failures: list[BaseException] = []
+        with trio.move_on_after(self.close_timeout, shield=True):
             async with trio.open_nursery() as nursery:
                 for closer in closers:
-                    nursery.start_soon(closer.run)
-        if scope.cancelled_caught:
-            for closer in closers:
-                if not closer.done:
-                    self._close_timeouts += 1
-                    logger.warning(
-                        "close() of %r did not finish within %ss", closer.conn, self.close_timeout
-                    )
+                    nursery.start_soon(closer.run, failures)
+                # Each close keeps only its own closer alive from here on.
+                del closers
+        if failures:
+            if len(failures) == 1:
+                raise failures[0]
+            raise BaseExceptionGroup("close() of tracked connections raised", failures)
 
     def _fail(self, error: ConnMgrError) -> None:
         """A service failed for good: stop the manager and raise ``error`` from it."""

@@ -114,7 +114,7 @@ async def serve_tcp(
         try:
             key, address = _remote(stream)
             peer: Hashable = key if peer_of is None else peer_of(stream)
-            # The task has just started: no checkpoint before admission.
+            # The task has just started: no schedule point before admission.
             async with _ConnectionContext(manager, peer, _INBOUND, address, False) as conn:
                 admitted = True
                 await handler(stream, conn)
@@ -167,7 +167,7 @@ async def open_tcp_connection(
     manager.report_dial(key, ok=True, latency=trio.current_time() - started)
     try:
         _, address = _remote(stream)
-        # The dial has just checkpointed: none again before counting.
+        # The dial has just been a schedule point: none again before counting.
         async with _ConnectionContext(manager, key, _OUTBOUND, address, False) as conn:
             yield stream, conn
     finally:

@@ -256,8 +256,10 @@ def plan_round(
     for start in range(0, n, chunk):
         if start:
             yield
-        # Scorers see the round's time (Stream.idle_time), never the time between chunks.
-        state.round_now = now
+        # Scorers see the round's time (Stream.idle_time), never the time between
+        # chunks. (Restored, not cleared: a scorer may plan a round of its own,
+        # e.g. through explain().)
+        outer_now, state.round_now = state.round_now, now
         try:
             for i in range(start, min(start + chunk, n)):
                 conn = conns[i]
@@ -351,7 +353,7 @@ def plan_round(
                 shape_counts[sid] += 1
                 busy.append(i)
         finally:
-            state.round_now = None
+            state.round_now = outer_now
 
     for plain, shared in zip(shapes, shape_counts, strict=True):
         for member in plain:
