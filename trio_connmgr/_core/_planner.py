@@ -296,38 +296,30 @@ def plan_round(
                 total = 0.0
                 bursty = False
                 protocols = conn._protocols
-                if len(protocols) == len(streams):
-                    # One stream per protocol (the common case): its score is the
-                    # protocol's best, and the protocol set is the connection's own.
-                    for stream in streams:
-                        member = stream._member
-                        # score(member, stream), inlined: this loop is the hot path of a round.
-                        try:
-                            value = member.scorer(stream)
-                        except Exception:
-                            value = scorer_failed(member)
-                        else:
-                            if type(value) is not float or not 0.0 <= value <= 1.0:
-                                value = checked(member, value)
+                # With one stream per protocol (the common case) each score is its
+                # protocol's best: no need to keep the best per protocol.
+                best: dict[EnrollmentState, float] | None = (
+                    None if len(protocols) == len(streams) else {}
+                )
+                for stream in streams:
+                    member = stream._member
+                    # score(member, stream), inlined: this loop is the hot path of a round.
+                    try:
+                        value = member.scorer(stream)
+                    except Exception:
+                        value = scorer_failed(member)
+                    else:
+                        if type(value) is not float or not 0.0 <= value <= 1.0:
+                            value = checked(member, value)
+                    if best is None:
                         total += member.weight * value
-                        if stream.burst is not None:
-                            bursty = True
+                    elif value > best.get(member, -1.0):
+                        best[member] = value
+                    if stream.burst is not None:
+                        bursty = True
+                if best is None:
                     members = tuple(protocols)
                 else:
-                    best: dict[EnrollmentState, float] = {}
-                    for stream in streams:
-                        member = stream._member
-                        try:
-                            value = member.scorer(stream)
-                        except Exception:
-                            value = scorer_failed(member)
-                        else:
-                            if type(value) is not float or not 0.0 <= value <= 1.0:
-                                value = checked(member, value)
-                        if value > best.get(member, -1.0):
-                            best[member] = value
-                        if stream.burst is not None:
-                            bursty = True
                     for member, value in best.items():
                         total += member.weight * value
                     members = tuple(best)
