@@ -164,6 +164,28 @@ def _burst_key(state: State, conn: Connection, now: float) -> tuple[float, str] 
     return latest, protocol
 
 
+class _ShapeIds(dict[tuple["EnrollmentState", ...], int]):
+    """Numbers the protocol sets of a round as they are first seen.
+
+    ``shapes[n]`` is set number ``n`` (one tuple shared by every connection
+    with that set) and ``counts[n]`` how many candidates have it as their
+    plain set. Looking a set up is a plain dict lookup; only a new set runs
+    Python code (``__missing__``).
+    """
+
+    def __init__(self) -> None:
+        # Number 0 is the empty set (connections without streams).
+        super().__init__({(): 0})
+        self.shapes: list[tuple[EnrollmentState, ...]] = [()]
+        self.counts: list[int] = [0]
+
+    def __missing__(self, shape: tuple[EnrollmentState, ...]) -> int:
+        number = self[shape] = len(self.shapes)
+        self.shapes.append(shape)
+        self.counts.append(0)
+        return number
+
+
 def _sorted(
     items: list[int],
     key: Callable[[int], Any],
@@ -240,9 +262,8 @@ def plan_round(
     plain_of: dict[int, tuple[EnrollmentState, ...]] = {}
     # Every protocol set seen, numbered; and how many candidates have each as
     # their plain set (offender accounting needs no per-protocol pass).
-    shape_ids: dict[tuple[EnrollmentState, ...], int] = {(): 0}
-    shapes: list[tuple[EnrollmentState, ...]] = [()]
-    shape_counts = [0]
+    shape_ids = _ShapeIds()
+    shapes, shape_counts = shape_ids.shapes, shape_ids.counts
     bursts: dict[int, tuple[float, str]] = {}
     burst_first: list[int] = []
     idle: list[int] = []
@@ -324,19 +345,11 @@ def plan_round(
                         total += member.weight * value
                     members = tuple(best)
                 tallies[i] = total
-                sid = shape_ids.get(members)
-                if sid is None:
-                    sid = shape_ids[members] = len(shapes)
-                    shapes.append(members)
-                    shape_counts.append(0)
+                sid = shape_ids[members]
                 members_of[i] = shapes[sid]
                 if bursty:
                     plain = tuple({s._member: None for s in streams if s.burst is None})
-                    sid = shape_ids.get(plain)
-                    if sid is None:
-                        sid = shape_ids[plain] = len(shapes)
-                        shapes.append(plain)
-                        shape_counts.append(0)
+                    sid = shape_ids[plain]
                     plain_of[i] = shapes[sid]
                     if burst is not None and not plain:
                         bursts[i] = burst
