@@ -1,9 +1,11 @@
 """The round planner: who is pruned, in which order, and why (SPEC §8).
 
-:func:`plan_round` is a pure function of the state and ``now``: it reads, it
-never mutates, and it does no I/O. It is written as a generator that yields
-between chunks of work, so the Trio layer can checkpoint and keep the event loop
-responsive on large snapshots; :func:`plan_now` drives it synchronously.
+:func:`plan_round` is a function of the state and ``now``: it reads, it does no
+I/O, and it changes nothing but ``state.round_now``, set while it calls the
+scorers so that they all see the round's time, and restored before it yields.
+It is written as a generator that yields between chunks of work, so the Trio
+layer can checkpoint and keep the event loop responsive on large snapshots;
+:func:`plan_now` drives it synchronously.
 
 Order of victims (target: ``count - low``):
 
@@ -235,7 +237,7 @@ def plan_round(
     """Plan a round over ``state`` at time ``now``; yields between chunks, returns a Plan.
 
     Args:
-        state: The state to read (not modified).
+        state: The state to read (only ``round_now`` is set while scorers run).
         now: The time of the round.
         target: Victims wanted; default ``count - low``.
         trigger: Name recorded in every :class:`PruneReason`.
