@@ -133,7 +133,7 @@ async def _plan_rows(scale: Scale, n: int, results: dict[str, list[float]]) -> l
             started = time.perf_counter()
             plan = plan_now(state, trio.current_time())
             took = (time.perf_counter() - started) * 1e3
-            assert len(plan.victims) == n - state.low, plan
+            assert len(plan.connections) == n - state.low, plan.target
             return took
 
         def scorers() -> float:
