@@ -604,6 +604,25 @@ def test_a_round_planned_inside_a_scorer_keeps_the_outer_rounds_time() -> None:
     assert core.state.round_now is None
 
 
+def test_grant_min_binds_partway_through_a_phase() -> None:
+    # The first two takes cannot bring any protocol to its grant.min (they are
+    # taken together); from the third on, each candidate is checked on its own.
+    core = Core(1, 40)
+    scarce = core.member("scarce", cm.Quota(10, 1000))
+    plenty = core.member("plenty", cm.Quota(0, 1000))
+    cheap = [core.stream(scarce, core.conn(), score=0.01 * i).connection for i in range(12)]
+    dear = [core.stream(plenty, core.conn(), score=0.5 + 0.01 * i).connection for i in range(20)]
+    assert scarce.grant.min == 10
+    plan = core.plan(target=15)
+    assert victim_ids(plan) == [c.id for c in cheap[:2] + dear[:13]]
+    assert [v.reason.rank for v in plan.victims] == list(range(1, 16))
+    assert {v.reason.phase for v in plan.victims} == {Phase.TALLY}
+    assert [c.id for c in plan.min_blocked] == [c.id for c in cheap[2:]]
+    check_plan(core.state, plan, core.now, forced=False, burst_only={}, target=15)
+    # Chunk by chunk (one candidate per chunk), the plan is the same.
+    assert victim_ids(core.plan(target=15, chunk=1)) == victim_ids(plan)
+
+
 def test_sorted_in_runs_matches_one_sort(monkeypatch: pytest.MonkeyPatch) -> None:
     core = Core(5, 10)
     member = core.member("p")

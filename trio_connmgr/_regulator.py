@@ -12,7 +12,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Generator, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import trio
 
@@ -263,8 +263,9 @@ class Regulator:
             unprunable = sum(plan.excluded.values()) + len(plan.min_blocked)
             # Apply in chunks and let go of each chunk as it is done: a round that
             # prunes 50,000 connections must not free them all in one step either.
-            victims: list[Connection | None] = list(plan.connections)
-            reasons: list[PruneReason | None] = list(plan.reasons)
+            # The plan's own lists, emptied as they are applied.
+            victims = cast("list[Connection | None]", plan.connections)
+            reasons = cast("list[PruneReason | None]", plan.reasons)
             del plan
             pruned = 0
             phases: dict[Phase, int] = {}

@@ -27,7 +27,7 @@ import enum
 import itertools
 import math
 import operator
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple, final
 
 import attrs
@@ -103,6 +103,9 @@ class Victim(NamedTuple):
 class Plan:
     """The outcome of planning a round.
 
+    The plan owns its two lists of victims and reasons and hands them over: the
+    regulator lets go of each chunk of them as it applies it, instead of copying.
+
     Attributes:
         connections: The victims, in order.
         reasons: Their :class:`PruneReason`, in the same order.
@@ -114,8 +117,8 @@ class Plan:
             prunable, or revocable if it is locked (``inf`` if none is in grace).
     """
 
-    connections: tuple[Connection, ...] = ()
-    reasons: tuple[PruneReason, ...] = ()
+    connections: list[Connection] = attrs.Factory(list)
+    reasons: list[PruneReason] = attrs.Factory(list)
     target: int = 0
     candidates: int = 0
     excluded: dict[str, int] = attrs.Factory(dict)
@@ -255,13 +258,11 @@ def plan_round(
     # and shared tuples, no object per connection): cheap to build, to sort by
     # index and to free, and next to nothing for the garbage collector to track.
     tallies = [0.0] * n
-    # Protocols with open streams on each candidate (for grant.min), as a tuple
-    # shared by every connection with the same protocol set.
-    members_of: list[tuple[EnrollmentState, ...]] = [()] * n
-    # Protocols with non-burst streams (for offender accounting): the index of
-    # that set in ``shapes``, and the set itself where it differs from members_of.
+    # Protocols with open streams on each candidate (for grant.min), and those
+    # with non-burst streams (for offender accounting): the number of that set
+    # in ``shapes``, one tuple shared by every connection with the same set.
+    member_shape = [0] * n
     plain_shape = [0] * n
-    plain_of: dict[int, tuple[EnrollmentState, ...]] = {}
     # Every protocol set seen, numbered; and how many candidates have each as
     # their plain set (offender accounting needs no per-protocol pass).
     shape_ids = _ShapeIds()
@@ -347,12 +348,10 @@ def plan_round(
                         total += member.weight * value
                     members = tuple(best)
                 tallies[i] = total
-                sid = shape_ids[members]
-                members_of[i] = shapes[sid]
+                sid = member_shape[i] = shape_ids[members]
                 if bursty:
                     plain = tuple({s._member: None for s in streams if s.burst is None})
                     sid = shape_ids[plain]
-                    plain_of[i] = shapes[sid]
                     if burst is not None and not plain:
                         bursts[i] = burst
                         burst_first.append(i)
@@ -367,44 +366,103 @@ def plan_round(
             plain_usage[member] = plain_usage.get(member, 0) + shared
     # (A defaultdict: a protocol that left during the round counts as unused.)
     usage = collections.defaultdict(int, {m: m.usage for m in state.members.values()})
-    taken = bytearray(n)
+    # Every protocol a candidate's grant.min check can read.
+    in_play = {member for shape in shapes for member in shape}
+    free = bytearray(b"\x01") * n  # 0 once taken
     victims: list[Connection] = []
     reasons: list[PruneReason] = []
     blocked: list[tuple[int, Phase, str | None]] = []
 
     def take(i: int, phase: Phase, protocol: str | None, forced: bool = False) -> None:
-        taken[i] = 1
-        members = members_of[i]
-        for member in members:
+        free[i] = 0
+        for member in shapes[member_shape[i]]:
             usage[member] -= 1
-        for member in plain_of.get(i, members) if plain_of else members:
+        for member in shapes[plain_shape[i]]:
             plain_usage[member] -= 1
         # Two lists, not a pair per victim: fewer objects for the garbage
         # collector to track while a big round is being planned.
         victims.append(conns[i])
         reasons.append(PruneReason(phase, protocol, tallies[i], len(victims), trigger, forced))
 
+    def take_all(run: list[int], phase: Phase, protocols: Iterable[str | None]) -> None:
+        """``take`` each of ``run`` in order: the same plan, counted per protocol
+        set rather than per victim, with the reasons built in C."""
+        for i in run:
+            free[i] = 0
+        for sid, k in collections.Counter(map(member_shape.__getitem__, run)).items():
+            for member in shapes[sid]:
+                usage[member] -= k
+        for sid, k in collections.Counter(map(plain_shape.__getitem__, run)).items():
+            for member in shapes[sid]:
+                plain_usage[member] -= k
+        rank = len(victims) + 1
+        victims.extend(map(conns.__getitem__, run))
+        fields = zip(
+            itertools.repeat(phase),
+            protocols,
+            map(tallies.__getitem__, run),
+            range(rank, rank + len(run)),
+            itertools.repeat(trigger),
+            itertools.repeat(False),
+        )
+        # PruneReason._make without a Python call per victim.
+        reasons.extend(map(tuple.__new__, itertools.repeat(PruneReason), fields))
+
     def select(
         ordered: list[int], phase: Phase, offender: EnrollmentState | None = None
     ) -> Generator[None, None, None]:
         """Take candidates from ``ordered`` until the target is reached (or, for an
         offender, until it is back within its ``grant.max``)."""
-        protocol = None if offender is None else offender.name
+        protocol = None
+        has: set[int] | None = None
+        if offender is not None:
+            protocol = offender.name
+            # Its candidates: those whose plain protocol set includes it.
+            has = {sid for sid, plain in enumerate(shapes) if offender in plain}
         for start in range(0, len(ordered), chunk):
             if start:
                 yield
-            for i in ordered[start : start + chunk]:
+            part = ordered[start : start + chunk]
+            # The candidates still free (and, for an offender, its own), filtered in C.
+            fresh = list(itertools.compress(part, map(free.__getitem__, part)))
+            if has is not None:
+                fresh = list(
+                    itertools.compress(
+                        fresh, map(has.__contains__, map(plain_shape.__getitem__, fresh))
+                    )
+                )
+            # Every take lowers each protocol's usage by at most one: while all
+            # are more than ``slack`` above their grant.min, the next ``slack``
+            # candidates cannot be blocked, and are taken in one go.
+            wanted = target - len(victims)
+            if offender is not None:
+                # Each take lowers the offender's plain usage by exactly one.
+                wanted = min(wanted, plain_usage[offender] - offender.grant.max)
+            if wanted <= 0:
+                return
+            slack = min((usage[m] - m.grant.min for m in in_play), default=wanted)
+            if slack > 0:
+                run = fresh[: min(wanted, slack)]
+                if offender is None and bursts:
+                    # The reason names the burst of a burst-only connection.
+                    names: Iterable[str | None] = [
+                        None if (b := bursts.get(i)) is None else b[1] for i in run
+                    ]
+                else:
+                    names = itertools.repeat(protocol)
+                take_all(run, phase, names)
+                if len(run) == wanted:
+                    return
+                fresh = fresh[len(run) :]
+            for i in fresh:
                 if len(victims) >= target:
                     return
                 if offender is not None and plain_usage[offender] <= offender.grant.max:
                     return
-                if taken[i]:
-                    continue
                 if offender is None and bursts:
-                    # The reason names the burst of a burst-only connection.
                     burst = bursts.get(i)
                     protocol = None if burst is None else burst[1]
-                for member in members_of[i]:
+                for member in shapes[member_shape[i]]:
                     if usage[member] <= member.grant.min:
                         blocked.append((i, phase, protocol))
                         break
@@ -426,50 +484,39 @@ def plan_round(
     # Phase 3: offending protocols, most over quota first, lowest tally first within.
     offenders = [m for m, k in plain_usage.items() if k > m.grant.max]
     offenders.sort(key=lambda m: (-plain_usage[m] / max(m.grant.max, 0.5), m.name))
-    # The plain protocol set of each candidate in tally order, read once: a pass
-    # over ``busy`` in tally order touches its index objects in random order.
-    busy_shapes: list[int] = []
     for offender in offenders:
         if len(victims) >= target:
             break
-        if not busy_shapes:
-            for start in range(0, len(busy), SORT_RUN):
-                if start:
-                    yield
-                busy_shapes += map(plain_shape.__getitem__, busy[start : start + SORT_RUN])
-        # Its candidates, in tally order: filtered in C by their plain set's number.
-        has = {sid for sid, plain in enumerate(shapes) if offender in plain}
-        bucket: list[int] = []
-        for start in range(0, len(busy), SORT_RUN):
-            if start:
-                yield
-            stop = start + SORT_RUN
-            bucket += itertools.compress(
-                busy[start:stop], map(has.__contains__, busy_shapes[start:stop])
-            )
-        yield from select(bucket, Phase.OFFENDER, offender)
-    del busy_shapes
-    # Phase 4: everything else by ascending tally.
-    if len(victims) < target:
-        if len(busy) > SORT_RUN:
+        yield from select(busy, Phase.OFFENDER, offender)
+    # Phase 4: everything else by ascending tally, ties broken by the full order
+    # window by window, only as far as the phase reads. A window ends between two
+    # different tallies, so that each run of ties is re-ordered whole.
+    start = 0
+    while start < len(busy) and len(victims) < target:
+        if start:
             yield
-        _break_ties(busy, tallies.__getitem__, lambda i: _busy_key(conns[i], tallies[i]))
-        yield from select(busy, Phase.TALLY)
+        stop = min(start + chunk, len(busy))
+        while stop < len(busy) and tallies[busy[stop]] == tallies[busy[stop - 1]]:
+            stop += 1
+        window = busy[start:stop]
+        _break_ties(window, tallies.__getitem__, lambda i: _busy_key(conns[i], tallies[i]))
+        yield from select(window, Phase.TALLY)
+        start = stop
     # Forced rounds may go below grant.min when nothing else is left.
     if forced:
         for i, phase, protocol in blocked:
             if len(victims) >= target:
                 break
-            if not taken[i]:
+            if free[i]:
                 take(i, phase, protocol, forced=True)
 
-    min_blocked = {i: conns[i] for i, _, _ in blocked if not taken[i]}
+    min_blocked = {i: conns[i] for i, _, _ in blocked if free[i]}
     candidates = (
         len(burst_first) + len(idle) + len(busy) - sum(1 for i in burst_first if conns[i].streams)
     )
     return Plan(
-        tuple(victims),
-        tuple(reasons),
+        victims,
+        reasons,
         target,
         candidates,
         excluded,
