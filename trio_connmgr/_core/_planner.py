@@ -204,8 +204,11 @@ def _sorted(
         for start in range(0, len(items), SORT_RUN):
             items[start : start + SORT_RUN] = sorted(items[start : start + SORT_RUN], key=key)
             yield
-    # On sorted runs this is one cheap merging pass (Timsort finds the runs).
+    # On sorted runs this is one merging pass (Timsort finds the runs), the
+    # longest single step of a big round: nothing else shares it.
     items.sort(key=key)
+    if len(items) > SORT_RUN:
+        yield
 
 
 def _break_ties(items: list[int], key: Callable[[int], Any], ties: Callable[[int], Any]) -> None:
