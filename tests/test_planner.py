@@ -604,7 +604,36 @@ def test_a_round_planned_inside_a_scorer_keeps_the_outer_rounds_time() -> None:
     assert core.state.round_now is None
 
 
-def test_grant_min_binds_partway_through_a_phase() -> None:
+def full_plan(plan: Plan) -> tuple[object, ...]:
+    """Everything a plan says, comparable between two plans of the same state."""
+    return (
+        victim_ids(plan),
+        list(plan.reasons),
+        plan.target,
+        plan.candidates,
+        plan.excluded,
+        [c.id for c in plan.min_blocked],
+        plan.grace_ends,
+    )
+
+
+def plans_by_batch_and_one_by_one(
+    core: Core, monkeypatch: pytest.MonkeyPatch, **kwargs: Any
+) -> tuple[Plan, Plan]:
+    """The same round planned taking victims in batches wherever possible, and
+    one by one (the scorers' counters are restored in between)."""
+    counters = [(m.scorer_errors, m.scorer_clamped) for m in core.state.members.values()]
+    monkeypatch.setattr(_planner, "BATCH_MIN", 1)
+    batched = core.plan(**kwargs)
+    for member, (errors, clamped) in zip(core.state.members.values(), counters, strict=True):
+        member.scorer_errors, member.scorer_clamped = errors, clamped
+    monkeypatch.setattr(_planner, "BATCH_MIN", 10**9)
+    single = core.plan(**kwargs)
+    monkeypatch.undo()
+    return batched, single
+
+
+def test_grant_min_binds_partway_through_a_phase(monkeypatch: pytest.MonkeyPatch) -> None:
     # The first two takes cannot bring any protocol to its grant.min (they are
     # taken together); from the third on, each candidate is checked on its own.
     core = Core(1, 40)
@@ -613,14 +642,43 @@ def test_grant_min_binds_partway_through_a_phase() -> None:
     cheap = [core.stream(scarce, core.conn(), score=0.01 * i).connection for i in range(12)]
     dear = [core.stream(plenty, core.conn(), score=0.5 + 0.01 * i).connection for i in range(20)]
     assert scarce.grant.min == 10
-    plan = core.plan(target=15)
-    assert victim_ids(plan) == [c.id for c in cheap[:2] + dear[:13]]
-    assert [v.reason.rank for v in plan.victims] == list(range(1, 16))
-    assert {v.reason.phase for v in plan.victims} == {Phase.TALLY}
-    assert [c.id for c in plan.min_blocked] == [c.id for c in cheap[2:]]
-    check_plan(core.state, plan, core.now, forced=False, burst_only={}, target=15)
+    batched, single = plans_by_batch_and_one_by_one(core, monkeypatch, target=15)
+    assert victim_ids(batched) == [c.id for c in cheap[:2] + dear[:13]]
+    tallies = [0.01 * i for i in range(2)] + [0.5 + 0.01 * i for i in range(13)]
+    assert list(batched.reasons) == [
+        cm.PruneReason(Phase.TALLY, None, tally, rank, "test")
+        for rank, tally in enumerate(tallies, 1)
+    ]
+    assert [c.id for c in batched.min_blocked] == [c.id for c in cheap[2:]]
+    check_plan(core.state, batched, core.now, forced=False, burst_only={}, target=15)
+    assert full_plan(batched) == full_plan(single)
     # Chunk by chunk (one candidate per chunk), the plan is the same.
-    assert victim_ids(core.plan(target=15, chunk=1)) == victim_ids(plan)
+    assert victim_ids(core.plan(target=15, chunk=1)) == victim_ids(batched)
+
+
+def test_a_protocol_under_its_grant_min_blocks_only_its_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A protocol using fewer connections than it reserved blocks the candidates
+    # it is on, in tally order, and nothing else.
+    core = Core(1, 40)
+    reserved = core.member("reserved", cm.Quota(10, 1000))
+    plenty = core.member("plenty", cm.Quota(0, 1000))
+    conns = []
+    for i in range(30):
+        conn = core.conn()
+        core.stream(plenty, conn, score=0.01 * i)
+        if i % 10 == 3:
+            core.stream(reserved, conn, score=0.0)
+        conns.append(conn)
+    assert reserved.usage == 3 < reserved.grant.min
+    batched, single = plans_by_batch_and_one_by_one(core, monkeypatch, target=20)
+    kept = {conns[3], conns[13], conns[23]}
+    assert victim_ids(batched) == [c.id for c in conns if c not in kept][:20]
+    # Blocked: those the phase passed before reaching its target.
+    assert [c.id for c in batched.min_blocked] == [conns[3].id, conns[13].id]
+    check_plan(core.state, batched, core.now, forced=False, burst_only={}, target=20)
+    assert full_plan(batched) == full_plan(single)
 
 
 def test_sorted_in_runs_matches_one_sort(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -732,3 +790,18 @@ def test_plan_properties(snapshot: tuple[Core, dict[Connection, float], bool]) -
         # A forced round is the normal round plus what only force may take.
         normal = core.plan()
         assert plan.victims[: len(normal.victims)] == normal.victims
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(snapshot=snapshots(), chunk=st.sampled_from([1, 2, 5, 1024]))
+def test_batches_plan_as_one_by_one(
+    snapshot: tuple[Core, dict[Connection, float], bool], chunk: int
+) -> None:
+    # Taking victims in batches is an optimisation: the plan, reasons included,
+    # is the one the candidate-by-candidate loop makes.
+    core, _, forced = snapshot
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        batched, single = plans_by_batch_and_one_by_one(
+            core, monkeypatch, forced=forced, chunk=chunk
+        )
+    assert full_plan(batched) == full_plan(single)

@@ -263,7 +263,7 @@ class Regulator:
             unprunable = sum(plan.excluded.values()) + len(plan.min_blocked)
             # Apply in chunks and let go of each chunk as it is done: a round that
             # prunes 50,000 connections must not free them all in one step either.
-            # The plan's own lists, emptied as they are applied.
+            # The plan's own lists, each chunk overwritten with None once applied.
             victims = cast("list[Connection | None]", plan.connections)
             reasons = cast("list[PruneReason | None]", plan.reasons)
             del plan

@@ -27,7 +27,7 @@ import enum
 import itertools
 import math
 import operator
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, final
 
 import attrs
@@ -42,6 +42,8 @@ CHUNK = 1024
 """Connections classified (or victims selected) between two yields."""
 SORT_RUN = 8192
 """Longest run sorted in one go; longer lists are sorted in runs and merged lazily."""
+BATCH_MIN = 8
+"""Fewest victims taken in one batch; fewer are cheaper to take one by one."""
 
 
 @final
@@ -103,8 +105,9 @@ class Victim(NamedTuple):
 class Plan:
     """The outcome of planning a round.
 
-    The plan owns its two lists of victims and reasons and hands them over: the
-    regulator lets go of each chunk of them as it applies it, instead of copying.
+    Frozen, but not deep: the plan hands its two lists of victims and reasons
+    over to whoever applies it, and the regulator overwrites each chunk of them
+    with ``None`` once applied (letting go of them) instead of copying them.
 
     Attributes:
         connections: The victims, in order.
@@ -204,8 +207,8 @@ def _sorted(
         for start in range(0, len(items), SORT_RUN):
             items[start : start + SORT_RUN] = sorted(items[start : start + SORT_RUN], key=key)
             yield
-    # On sorted runs this is one merging pass (Timsort finds the runs), the
-    # longest single step of a big round: nothing else shares it.
+    # On sorted runs this is one merging pass (Timsort finds the runs). It is
+    # the longest step of a big round, so it gets a step of its own.
     items.sort(key=key)
     if len(items) > SORT_RUN:
         yield
@@ -388,8 +391,10 @@ def plan_round(
         reasons.append(PruneReason(phase, protocol, tallies[i], len(victims), trigger, forced))
 
     def take_all(run: list[int], phase: Phase, protocols: Iterable[str | None]) -> None:
-        """``take`` each of ``run`` in order: the same plan, counted per protocol
-        set rather than per victim, with the reasons built in C."""
+        """``take(i, phase, protocol)`` for each of ``run`` and of ``protocols``, in
+        order: counted per protocol set rather than per victim, the reasons built
+        in C. The caller knows that none of ``run`` is blocked by a grant.min and
+        that the phase does not stop before the last of them."""
         for i in run:
             free[i] = 0
         for sid, k in collections.Counter(map(member_shape.__getitem__, run)).items():
@@ -408,19 +413,61 @@ def plan_round(
             itertools.repeat(trigger),
             itertools.repeat(False),
         )
-        # PruneReason._make without a Python call per victim.
+        # PruneReason._make without a Python call per victim (nor its check of
+        # the number of fields: these are all six).
         reasons.extend(map(tuple.__new__, itertools.repeat(PruneReason), fields))
+
+    def names(items: list[int], protocol: str | None) -> Iterable[str | None]:
+        """The ``protocol`` of each reason for ``items``: outside the offender
+        phase, a burst-only connection's reason names its burst's protocol."""
+        if protocol is None and bursts:
+            return [None if (b := bursts.get(i)) is None else b[1] for i in items]
+        return itertools.repeat(protocol)
+
+    def batch(
+        fresh: list[int], phase: Phase, protocol: str | None, wanted: int
+    ) -> list[int] | None:
+        """Take from ``fresh`` in one go the victims that the one-by-one loop of
+        :func:`select` would take first, and record the candidates it would find
+        blocked before them. Returns the candidates left for that loop, or None if
+        the phase is done (``wanted`` taken)."""
+        # A protocol at or below its grant.min blocks every candidate it is on.
+        # Every take lowers each other protocol's usage by at most one: if each is
+        # at least ``slack`` above its grant.min, the next ``slack`` takes of
+        # candidates without a blocking protocol cannot be blocked either.
+        room = {member: usage[member] - member.grant.min for member in in_play}
+        slack = min((r for r in room.values() if r > 0), default=wanted)
+        takeable: Sequence[int]
+        if min(room.values(), default=1) > 0:
+            ok = None
+            takeable = range(len(fresh))
+        else:
+            shape_ok = bytes(all(room[m] > 0 for m in shape) for shape in shapes)
+            ok = list(map(shape_ok.__getitem__, map(member_shape.__getitem__, fresh)))
+            takeable = list(itertools.compress(range(len(fresh)), ok))
+        count = min(wanted, slack, len(takeable))
+        if count < BATCH_MIN:
+            return fresh
+        stop = takeable[count - 1] + 1
+        if ok is None:
+            run = fresh[:stop]
+        else:
+            run = list(itertools.compress(fresh[:stop], ok))
+            stuck = list(itertools.compress(fresh[:stop], map(operator.not_, ok)))
+            blocked.extend(zip(stuck, itertools.repeat(phase), names(stuck, protocol)))
+        take_all(run, phase, names(run, protocol))
+        return None if count == wanted else fresh[stop:]
 
     def select(
         ordered: list[int], phase: Phase, offender: EnrollmentState | None = None
     ) -> Generator[None, None, None]:
         """Take candidates from ``ordered`` until the target is reached (or, for an
-        offender, until it is back within its ``grant.max``)."""
-        protocol = None
+        offender, from those whose non-burst protocols include it until it is
+        back within its ``grant.max``), skipping those a grant.min blocks."""
+        name = protocol = None
         has: set[int] | None = None
         if offender is not None:
-            protocol = offender.name
-            # Its candidates: those whose plain protocol set includes it.
+            name = protocol = offender.name
             has = {sid for sid, plain in enumerate(shapes) if offender in plain}
         for start in range(0, len(ordered), chunk):
             if start:
@@ -434,35 +481,24 @@ def plan_round(
                         fresh, map(has.__contains__, map(plain_shape.__getitem__, fresh))
                     )
                 )
-            # Every take lowers each protocol's usage by at most one: while all
-            # are more than ``slack`` above their grant.min, the next ``slack``
-            # candidates cannot be blocked, and are taken in one go.
             wanted = target - len(victims)
             if offender is not None:
                 # Each take lowers the offender's plain usage by exactly one.
                 wanted = min(wanted, plain_usage[offender] - offender.grant.max)
             if wanted <= 0:
                 return
-            slack = min((usage[m] - m.grant.min for m in in_play), default=wanted)
-            if slack > 0:
-                run = fresh[: min(wanted, slack)]
-                if offender is None and bursts:
-                    # The reason names the burst of a burst-only connection.
-                    names: Iterable[str | None] = [
-                        None if (b := bursts.get(i)) is None else b[1] for i in run
-                    ]
-                else:
-                    names = itertools.repeat(protocol)
-                take_all(run, phase, names)
-                if len(run) == wanted:
+            if len(fresh) >= BATCH_MIN:
+                left = batch(fresh, phase, name, wanted)
+                if left is None:
                     return
-                fresh = fresh[len(run) :]
+                fresh = left
             for i in fresh:
                 if len(victims) >= target:
                     return
                 if offender is not None and plain_usage[offender] <= offender.grant.max:
                     return
                 if offender is None and bursts:
+                    # The reason names the burst of a burst-only connection.
                     burst = bursts.get(i)
                     protocol = None if burst is None else burst[1]
                 for member in shapes[member_shape[i]]:
@@ -493,7 +529,8 @@ def plan_round(
         yield from select(busy, Phase.OFFENDER, offender)
     # Phase 4: everything else by ascending tally, ties broken by the full order
     # window by window, only as far as the phase reads. A window ends between two
-    # different tallies, so that each run of ties is re-ordered whole.
+    # different tallies, so that each run of ties is re-ordered whole (a run as
+    # long as the list, from a constant scorer, makes one window).
     start = 0
     while start < len(busy) and len(victims) < target:
         if start:
