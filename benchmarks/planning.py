@@ -19,8 +19,8 @@ Rows:
   round's duration;
 - growth of ``plan_now`` from 10,000 to 100,000 connections against linear (10x);
 - a whole round at 10,000 connections pruning 5,000, to completion, against
-  Trio's own floor (see :func:`_whole_round` and :func:`_trio_floor`), and
-  against Trio alone doing the same cancels and closes (:func:`_trio_same_work`).
+  Trio's own floor, and against Trio alone doing the same cancels and closes
+  (see :func:`_whole_round` and :func:`_trio_floor`).
 """
 
 from __future__ import annotations
@@ -374,41 +374,17 @@ async def _whole_round(
     return took * 1e3, closers
 
 
-async def _trio_floor(n: int, prune: int) -> float:
-    """Trio alone, in ms: ``n`` tasks parked in cancel scopes; cancel ``prune`` of the
-    scopes and wait until those tasks have exited."""
-    countdown = _Countdown()
-    scopes: list[trio.CancelScope] = []
+async def _trio_floor(n: int, prune: int, closes: int = 0) -> float:
+    """Trio alone, in ms: ``n`` tasks parked in cancel scopes; cancel ``prune`` of
+    the scopes and wait until those tasks have exited (Trio's own floor).
 
-    async def parked() -> None:
-        with trio.CancelScope() as scope:
-            scopes.append(scope)
-            await trio.sleep_forever()
-        countdown.exited()
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(n):
-            nursery.start_soon(parked)
-        await trio.testing.wait_all_tasks_blocked()
-        clean()
-        started = time.perf_counter()
-        for scope in scopes[:prune]:
-            scope.cancel()
-        await countdown.wait(prune, 0)
-        took = time.perf_counter() - started
-        nursery.cancel_scope.cancel()
-    return took * 1e3
-
-
-async def _trio_same_work(n: int, prune: int, closes: int) -> float:
-    """Trio alone doing what a round's victims need, in ms.
-
-    ``n`` tasks parked in cancel scopes. Of ``prune`` victims, ``prune - closes``
-    scopes are cancelled directly, and for the other ``closes`` a ``close()`` is
-    awaited in a task of its own (one close cannot hold up another), all under one
-    shielded deadline (a close must not hang for ever); each ``close()`` cancels its
-    holder's scope and checkpoints, like the round's. Timed until every victim's
-    task has exited and every ``close()`` has returned.
+    With ``closes``, Trio alone doing what a round's victims need: ``prune -
+    closes`` scopes are cancelled directly, and for the other ``closes`` a
+    ``close()`` is awaited in a task of its own (one close cannot hold up
+    another), all under one shielded deadline (a close must not hang for ever);
+    each ``close()`` cancels its holder's scope and checkpoints, like the
+    round's. Timed until every victim's task has exited and every ``close()``
+    has returned.
     """
     countdown = _Countdown()
     scopes: list[trio.CancelScope] = []
@@ -438,7 +414,8 @@ async def _trio_same_work(n: int, prune: int, closes: int) -> float:
         started = time.perf_counter()
         for scope in scopes[: prune - closes]:
             scope.cancel()
-        nursery.start_soon(closing, scopes[prune - closes : prune])
+        if closes:
+            nursery.start_soon(closing, scopes[prune - closes : prune])
         await countdown.wait(prune, closes)
         took = time.perf_counter() - started
         nursery.cancel_scope.cancel()
@@ -510,7 +487,7 @@ async def _measure(scale: Scale) -> list[Row]:
         took, closes = await _whole_round(n, prune, seed=i)
         ours.append(took)
         clean()
-        same.append(await _trio_same_work(n, prune, closes))
+        same.append(await _trio_floor(n, prune, closes))
         clean()
         took, _ = await _whole_round(n, prune, seed=i, holders="context", streams=False)
         context.append(took)
