@@ -417,11 +417,16 @@ def plan_round(
         # the number of fields: these are all six).
         reasons.extend(map(tuple.__new__, itertools.repeat(PruneReason), fields))
 
+    def burst_protocol(i: int) -> str | None:
+        """Outside the offender phase, the protocol a reason names: the burst's,
+        for a burst-only connection."""
+        burst = bursts.get(i)
+        return None if burst is None else burst[1]
+
     def names(items: list[int], protocol: str | None) -> Iterable[str | None]:
-        """The ``protocol`` of each reason for ``items``: outside the offender
-        phase, a burst-only connection's reason names its burst's protocol."""
+        """The ``protocol`` of each reason for ``items`` (see ``burst_protocol``)."""
         if protocol is None and bursts:
-            return [None if (b := bursts.get(i)) is None else b[1] for i in items]
+            return list(map(burst_protocol, items))
         return itertools.repeat(protocol)
 
     def batch(
@@ -464,10 +469,10 @@ def plan_round(
         """Take candidates from ``ordered`` until the target is reached (or, for an
         offender, from those whose non-burst protocols include it until it is
         back within its ``grant.max``), skipping those a grant.min blocks."""
-        name = protocol = None
+        name = None
         has: set[int] | None = None
         if offender is not None:
-            name = protocol = offender.name
+            name = offender.name
             has = {sid for sid, plain in enumerate(shapes) if offender in plain}
         for start in range(0, len(ordered), chunk):
             if start:
@@ -497,10 +502,7 @@ def plan_round(
                     return
                 if offender is not None and plain_usage[offender] <= offender.grant.max:
                     return
-                if offender is None and bursts:
-                    # The reason names the burst of a burst-only connection.
-                    burst = bursts.get(i)
-                    protocol = None if burst is None else burst[1]
+                protocol = burst_protocol(i) if offender is None and bursts else name
                 for member in shapes[member_shape[i]]:
                     if usage[member] <= member.grant.min:
                         blocked.append((i, phase, protocol))
