@@ -204,6 +204,30 @@ async def test_repeated_regulator_bugs_stop_the_manager(
     assert mgr._state.connections == {}
 
 
+async def test_a_body_error_during_the_stop_is_not_lost(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("injected regulator bug")
+
+    monkeypatch.setattr(regulator_module, "plan_round", broken)
+    with pytest.raises(BaseExceptionGroup) as info:
+        async with cm.open_connection_manager(
+            limits=cm.Limits(1, 2), grace_period=0, max_round_failures=0
+        ) as mgr:
+            for i in range(3):
+                mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                raise KeyError("raised by the body's cleanup") from None
+    fatal, body = info.value.exceptions
+    assert type(fatal) is cm.ConnMgrError
+    assert isinstance(fatal.__cause__, RuntimeError)
+    assert isinstance(body, KeyError)
+    assert mgr._state.closed
+
+
 async def test_failures_outside_the_window_are_forgiven(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -734,6 +734,10 @@ async def open_connection_manager(
 
     Raises:
         ConfigError: a bad argument (the message names it and its value).
+        ConnMgrError: a service failed for good (the regulator, more than
+            ``max_round_failures`` times); the block's body is cancelled first.
+            Should the body raise an error of its own while it is being
+            cancelled, both come out in one exception group.
     """
     if not isinstance(limits, Limits):
         raise ConfigError(f"limits must be a Limits, got {limits!r}")
@@ -817,7 +821,15 @@ async def open_connection_manager(
             trace_file.flush()
             if owns_trace:
                 trace_file.close()
-    if manager is not None and manager._fatal is not None:
-        raise manager._fatal
+    fatal = manager._fatal if manager is not None else None
+    if fatal is not None and body_error is not None:
+        # Both failed (the body's cleanup raised while the manager stopped it):
+        # report both, as a nursery reports its tasks' concurrent errors.
+        raise BaseExceptionGroup(
+            "the connection manager failed and the body of its block raised",
+            [fatal, body_error],
+        )
+    if fatal is not None:
+        raise fatal
     if body_error is not None:
         raise body_error
