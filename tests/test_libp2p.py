@@ -31,6 +31,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
 import trio_connmgr as cm
+from trio_connmgr import libp2p as libp2p_adapter
 from trio_connmgr.libp2p import Attachment, attach
 from trio_connmgr.triggers import Trigger
 
@@ -371,3 +372,43 @@ async def test_attach_adopts_releases_and_restores() -> None:
                 assert swarm.connection_pruner._started
                 assert swarm.auto_connector._started
                 assert "dial_peer" not in vars(swarm)
+
+
+async def test_the_sweep_catches_what_notifications_missed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection py-libp2p never announced is adopted, and one that vanished
+    without a ``disconnected`` notification is released, by the periodic sweep."""
+
+    async def unheard(self: Any, network: INetwork, what: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+    # (A stream opened on a connection would adopt it too: identify opens one.)
+    for notification in ("connected", "disconnected", "opened_stream"):
+        monkeypatch.setattr(libp2p_adapter._Notifee, notification, unheard)
+    managed, managed_observer = make_host()
+    remote, _ = make_host()
+
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(low=2, high=4)) as mgr,
+        mgr.subscribe() as events,
+        running(managed, remote),
+        attach(managed, mgr),
+    ):
+        with trio.fail_after(15):
+            await remote.connect(info(managed))
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            assert mgr.statistics().connections == 0  # nobody told the attachment
+            opened = await events.receive()
+            assert isinstance(opened, cm.ConnectionOpened)
+            (conn,) = mgr.connections
+            assert conn.peer == remote.get_id()
+            assert conn.direction is cm.Direction.INBOUND
+
+            await remote.disconnect(managed.get_id())
+            await managed_observer.gone(remote.get_id()).wait()
+            assert mgr.statistics().connections == 1  # nobody told it this either
+            closed = await events.receive()
+            assert isinstance(closed, cm.ConnectionClosed)
+            assert conn.close_reason == "released"
+            assert mgr.statistics().connections_pruned == 0
