@@ -8,6 +8,7 @@ their baseline from the same run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import gc
@@ -18,7 +19,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,42 @@ def row(
 def clean() -> None:
     """Collect garbage before a sample, so one sample does not pay for another."""
     gc.collect()
+
+
+class Collections:
+    """How many collections of each generation ran (see :func:`collector`)."""
+
+    def __init__(self) -> None:
+        self.by_generation = [0, 0, 0]
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.by_generation[info["generation"]] += 1
+
+    @property
+    def full(self) -> int:
+        """Full (oldest-generation) collections."""
+        return self.by_generation[2]
+
+
+@contextlib.contextmanager
+def collector(on: bool = True) -> Iterator[Collections]:
+    """Count the garbage collections run in the block, or pause the collector (``on=False``).
+
+    Rows keep it on: its pauses are part of what a Python program pays. Paused,
+    a row shows the same work without them, which one side of a comparison may
+    trigger and the other not.
+    """
+    counts = Collections()
+    if not on:
+        gc.disable()
+    gc.callbacks.append(counts._callback)
+    try:
+        yield counts
+    finally:
+        gc.callbacks.remove(counts._callback)
+        if not on:
+            gc.enable()
 
 
 def interleave(samplers: Sequence[Callable[[], float]], repeats: int) -> list[list[float]]:

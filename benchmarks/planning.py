@@ -19,8 +19,9 @@ Rows:
   round's duration;
 - growth of ``plan_now`` from 10,000 to 100,000 connections against linear (10x);
 - a whole round at 10,000 connections pruning 5,000, to completion, against
-  Trio's own floor, and against Trio alone doing the same cancels and closes
-  (see :func:`_whole_round` and :func:`_trio_floor`).
+  Trio's own floor, and against Trio alone doing the same cancels and closes,
+  also with the garbage collector paused on both sides (see
+  :func:`_whole_round` and :func:`_trio_floor`).
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import trio
 import trio.testing
 
 import trio_connmgr as cm
 from trio_connmgr._core._planner import plan_now, plan_round
-from trio_connmgr._regulator import drive
+from trio_connmgr._regulator import APPLY_CHUNK, drive
 
-from ._harness import Row, Scale, StepTimer, clean, row
+from ._harness import Row, Scale, StepTimer, clean, collector, row
 from .versus_libp2p import pruner_for
 
 RECENCY = cm.RecencyScorer(half_life=30.0)
@@ -271,6 +273,16 @@ async def _blocking_sample(n: int, seed: int) -> tuple[float, float, float]:
         return timer.longest * 1e3, took * 1e3, gap * 1e3
 
 
+class _Timed(NamedTuple):
+    """A timed whole round (or its Trio baseline)."""
+
+    ms: float
+    closes: int
+    """``close()`` calls awaited."""
+    full: int
+    """Full garbage collections run while it was timed."""
+
+
 class _Countdown:
     """Counts task exits and awaited ``close()`` calls; wakes a waiter at a target."""
 
@@ -300,9 +312,16 @@ class _Countdown:
 
 
 async def _whole_round(
-    n: int, prune: int, seed: int, *, holders: str = "mixed", streams: bool = True
-) -> tuple[float, int]:
-    """One round to completion: its time in ms, and how many ``close()`` it awaited.
+    n: int,
+    prune: int,
+    seed: int,
+    *,
+    holders: str = "mixed",
+    streams: bool = True,
+    collect: bool = True,
+) -> _Timed:
+    """One round to completion: its time in ms, how many ``close()`` it awaited,
+    and how many full garbage collections ran meanwhile.
 
     ``n`` connections with the planning population's streams, held open by
     ``n`` parked tasks: half in ``async with mgr.connection(...)``, half as
@@ -311,7 +330,8 @@ async def _whole_round(
     until every victim's task has exited and every ``close()`` has returned.
 
     ``holders="context"`` or ``"tracked"``: every task holds its connection that
-    way; ``streams=False``: no streams, so the round calls no scorer.
+    way; ``streams=False``: no streams, so the round calls no scorer;
+    ``collect=False``: the garbage collector is paused while it is timed.
     """
     rng = random.Random(seed)
     countdown = _Countdown()
@@ -362,20 +382,22 @@ async def _whole_round(
             await all_ready.wait()
             await trio.testing.wait_all_tasks_blocked()
             clean()
-            started = time.perf_counter()
-            pruned = await mgr.trim()
-            victims, closers = len(pruned), sum(1 for c in pruned if c.peer.startswith("trk"))
-            del pruned  # as the regulator's own loop does
-            await countdown.wait(victims, closers)
-            took = time.perf_counter() - started
+            with collector(collect) as collections:
+                started = time.perf_counter()
+                pruned = await mgr.trim()
+                victims = len(pruned)
+                closers = sum(1 for c in pruned if c.peer.startswith("trk"))
+                del pruned  # as the regulator's own loop does
+                await countdown.wait(victims, closers)
+                took = time.perf_counter() - started
             assert mgr._state.count == n - prune == mgr.limits.low, mgr._state.count
             assert victims == prune
             nursery.cancel_scope.cancel()
-    return took * 1e3, closers
+    return _Timed(took * 1e3, closers, collections.full)
 
 
-async def _trio_floor(n: int, prune: int, closes: int = 0) -> float:
-    """Trio alone, in ms: ``n`` tasks parked in cancel scopes; cancel ``prune`` of
+async def _trio_floor(n: int, prune: int, closes: int = 0, *, collect: bool = True) -> _Timed:
+    """Trio alone: ``n`` tasks parked in cancel scopes; cancel ``prune`` of
     the scopes and wait until those tasks have exited (Trio's own floor).
 
     With ``closes``, Trio alone doing what a round's victims need: ``prune -
@@ -384,7 +406,7 @@ async def _trio_floor(n: int, prune: int, closes: int = 0) -> float:
     another), all under one shielded deadline (a close must not hang for ever);
     each ``close()`` cancels its holder's scope and checkpoints, like the
     round's. Timed until every victim's task has exited and every ``close()``
-    has returned.
+    has returned. ``collect=False``: the garbage collector is paused meanwhile.
     """
     countdown = _Countdown()
     scopes: list[trio.CancelScope] = []
@@ -411,15 +433,16 @@ async def _trio_floor(n: int, prune: int, closes: int = 0) -> float:
             nursery.start_soon(parked)
         await trio.testing.wait_all_tasks_blocked()
         clean()
-        started = time.perf_counter()
-        for scope in scopes[: prune - closes]:
-            scope.cancel()
-        if closes:
-            nursery.start_soon(closing, scopes[prune - closes : prune])
-        await countdown.wait(prune, closes)
-        took = time.perf_counter() - started
+        with collector(collect) as collections:
+            started = time.perf_counter()
+            for scope in scopes[: prune - closes]:
+                scope.cancel()
+            if closes:
+                nursery.start_soon(closing, scopes[prune - closes : prune])
+            await countdown.wait(prune, closes)
+            took = time.perf_counter() - started
         nursery.cancel_scope.cancel()
-    return took * 1e3
+    return _Timed(took * 1e3, closes, collections.full)
 
 
 async def _measure(scale: Scale) -> list[Row]:
@@ -481,21 +504,33 @@ async def _measure(scale: Scale) -> list[Row]:
     tracked: list[float] = []
     floor: list[float] = []
     same: list[float] = []
+    paused: list[float] = []
+    same_paused: list[float] = []
     await _whole_round(n, prune, seed=0)  # warm up
+    full = {"ours": 0, "same": 0, "floor": 0}
     for i in range(scale.round_repeats):
         clean()
-        took, closes = await _whole_round(n, prune, seed=i)
-        ours.append(took)
+        timed = await _whole_round(n, prune, seed=i)
+        ours.append(timed.ms)
+        full["ours"] += timed.full
         clean()
-        same.append(await _trio_floor(n, prune, closes))
+        baseline = await _trio_floor(n, prune, timed.closes)
+        same.append(baseline.ms)
+        full["same"] += baseline.full
         clean()
-        took, _ = await _whole_round(n, prune, seed=i, holders="context", streams=False)
-        context.append(took)
+        timed = await _whole_round(n, prune, seed=i, collect=False)
+        paused.append(timed.ms)
         clean()
-        took, _ = await _whole_round(n, prune, seed=i, holders="tracked", streams=False)
-        tracked.append(took)
+        same_paused.append((await _trio_floor(n, prune, timed.closes, collect=False)).ms)
         clean()
-        floor.append(await _trio_floor(n, prune))
+        context.append((await _whole_round(n, prune, i, holders="context", streams=False)).ms)
+        clean()
+        tracked.append((await _whole_round(n, prune, i, holders="tracked", streams=False)).ms)
+        clean()
+        baseline = await _trio_floor(n, prune)
+        floor.append(baseline.ms)
+        full["floor"] += baseline.full
+    repeats = scale.round_repeats
     trio_floor = "Trio: cancel as many parked scopes"
     rows.append(
         row(
@@ -510,7 +545,9 @@ async def _measure(scale: Scale) -> list[Row]:
             note=(
                 "ours plans over 3 scored streams per connection, closes the victims' streams, "
                 "cancels half the victims' scopes directly and awaits close() of the other "
-                "half in tasks (each close() cancels its holder's scope)"
+                "half in tasks (each close() cancels its holder's scope). Full garbage "
+                f"collections while timed: {full['ours']} in {repeats} rounds, "
+                f"{full['floor']} in {repeats} baselines"
             ),
         )
     )
@@ -526,7 +563,26 @@ async def _measure(scale: Scale) -> list[Row]:
                 "the baseline cancels as many scopes directly and awaits as many close() "
                 "(the same count, from the same repeat) each in a task of its own under one "
                 "shielded deadline: what the round's effects cost in Trio alone; the ratio "
-                "is the manager's planning and bookkeeping"
+                "is the manager's planning and bookkeeping. Full garbage collections while "
+                f"timed: {full['ours']} in {repeats} rounds, {full['same']} in {repeats} "
+                "baselines"
+            ),
+        )
+    )
+    rows.append(
+        row(
+            "planning",
+            "the same, both with the garbage collector paused",
+            "ms",
+            paused,
+            "Trio: cancel, and await close() in tasks",
+            same_paused,
+            note=(
+                "the collector paused while each is timed. With it on (the row above), a "
+                "full collection of this heap, tens of ms, may fall on one side and not the "
+                "other: the baseline starts every cancel and close at once, the round "
+                f"applies {APPLY_CHUNK} victims at a time. Paused, the ratio is the "
+                "manager's planning and bookkeeping without collector pauses"
             ),
         )
     )
