@@ -4,6 +4,8 @@ supervision, trim, protection."""
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -22,6 +24,18 @@ def value_of(stream: cm.Stream) -> float:
 
 def squared(stream: cm.Stream) -> float:
     return stream.metadata["v"] ** 2  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def over_high(**options: Any) -> AsyncIterator[cm.ConnectionManager]:
+    """A manager with ``Limits(1, 2)``, no grace period and three tracked
+    connections: a round is due at once."""
+    async with cm.open_connection_manager(
+        limits=cm.Limits(1, 2), grace_period=0, **options
+    ) as mgr:
+        for i in range(3):
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+        yield mgr
 
 
 async def test_one_round_prunes_exactly_the_twenty_lowest(
@@ -98,11 +112,7 @@ async def test_grace_period_honoured_then_expiring(
 
 
 async def test_silence_period_between_rounds(autojump_clock: trio.testing.MockClock) -> None:
-    async with cm.open_connection_manager(
-        limits=cm.Limits(1, 2), grace_period=0, silence_period=10.0
-    ) as mgr:
-        for i in range(3):
-            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+    async with over_high(silence_period=10.0) as mgr:
         await trio.testing.wait_all_tasks_blocked()
         assert mgr.statistics().connections == 1
         await trio.sleep(1)
@@ -158,9 +168,7 @@ async def test_regulator_bug_restarts_with_back_off(
         return plan_round(*args, **kwargs)
 
     monkeypatch.setattr(regulator_module, "plan_round", flaky)
-    async with cm.open_connection_manager(limits=cm.Limits(1, 2), grace_period=0) as mgr:
-        for i in range(3):
-            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+    async with over_high() as mgr:
         await trio.sleep(5)
         stats = mgr.statistics()
         assert stats.rounds.failures == 1
@@ -183,11 +191,7 @@ async def test_repeated_regulator_bugs_stop_the_manager(
 
     monkeypatch.setattr(regulator_module, "plan_round", broken)
     with pytest.raises(cm.ConnMgrError) as info:
-        async with cm.open_connection_manager(
-            limits=cm.Limits(1, 2), grace_period=0, max_round_failures=3
-        ) as mgr:
-            for i in range(3):
-                mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+        async with over_high(max_round_failures=3) as mgr:
             try:
                 await trio.sleep_forever()
             except trio.Cancelled:
@@ -212,11 +216,7 @@ async def test_a_body_error_during_the_stop_is_not_lost(
 
     monkeypatch.setattr(regulator_module, "plan_round", broken)
     with pytest.raises(BaseExceptionGroup) as info:
-        async with cm.open_connection_manager(
-            limits=cm.Limits(1, 2), grace_period=0, max_round_failures=0
-        ) as mgr:
-            for i in range(3):
-                mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+        async with over_high(max_round_failures=0) as mgr:
             try:
                 await trio.sleep_forever()
             except trio.Cancelled:
@@ -238,11 +238,7 @@ async def test_failures_outside_the_window_are_forgiven(
         raise RuntimeError("injected regulator bug")
 
     monkeypatch.setattr(regulator_module, "plan_round", broken)
-    async with cm.open_connection_manager(
-        limits=cm.Limits(1, 2), grace_period=0, max_round_failures=1, failure_window=0.25
-    ) as mgr:
-        for i in range(3):
-            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+    async with over_high(max_round_failures=1, failure_window=0.25) as mgr:
         await trio.sleep(3)
         # The back-off (0.5 s) is longer than the window: never two within it.
         assert mgr.statistics().rounds.failures == len(calls) >= 3
