@@ -164,24 +164,19 @@ def clean() -> None:
 
 
 class Collections:
-    """How many collections of each generation ran (see :func:`collector`)."""
+    """How many full (oldest-generation) collections ran (see :func:`collector`)."""
 
     def __init__(self) -> None:
-        self.by_generation = [0, 0, 0]
+        self.full = 0
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self.by_generation[info["generation"]] += 1
-
-    @property
-    def full(self) -> int:
-        """Full (oldest-generation) collections."""
-        return self.by_generation[2]
+        if phase == "start" and info["generation"] == 2:
+            self.full += 1
 
 
 @contextlib.contextmanager
 def collector(on: bool = True) -> Iterator[Collections]:
-    """Count the garbage collections run in the block, or pause the collector (``on=False``).
+    """Count the full garbage collections run in the block, or pause the collector (``on=False``).
 
     Rows keep it on: its pauses are part of what a Python program pays. Paused,
     a row shows the same work without them, which one side of a comparison may

@@ -532,6 +532,7 @@ async def _measure(scale: Scale) -> list[Row]:
         full["floor"] += baseline.full
     repeats = scale.round_repeats
     trio_floor = "Trio: cancel as many parked scopes"
+    trio_same = "Trio: cancel, and await close() in tasks"
     rows.append(
         row(
             "planning",
@@ -557,7 +558,7 @@ async def _measure(scale: Scale) -> list[Row]:
             "the same round, against Trio doing the same cancels and closes",
             "ms",
             ours,
-            "Trio: cancel, and await close() in tasks",
+            trio_same,
             same,
             note=(
                 "the baseline cancels as many scopes directly and awaits as many close() "
@@ -575,7 +576,7 @@ async def _measure(scale: Scale) -> list[Row]:
             "the same, both with the garbage collector paused",
             "ms",
             paused,
-            "Trio: cancel, and await close() in tasks",
+            trio_same,
             same_paused,
             note=(
                 "the collector paused while each is timed. With it on (the row above), a "
