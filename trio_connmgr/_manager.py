@@ -735,7 +735,8 @@ async def open_connection_manager(
     Raises:
         ConfigError: a bad argument (the message names it and its value).
         ConnMgrError: a service failed for good (the regulator, more than
-            ``max_round_failures`` times); the block's body is cancelled first.
+            ``max_round_failures`` times within ``failure_window``); the
+            block's body is cancelled first.
             Should the body raise an error of its own while it is being
             cancelled, both come out in one exception group.
     """
