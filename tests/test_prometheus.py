@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import trio_connmgr as cm
+import trio_connmgr.prometheus
 from trio_connmgr.prometheus import REQUEST_DEADLINE, Collector, serve_metrics
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json"
@@ -342,6 +343,15 @@ async def test_bad_requests_get_an_answer_and_the_server_keeps_going() -> None:
             answer = await raw_request(port, b"GET /metrics HTTP/1.1\r\nX: " + b"y" * 20000)
             assert answer.startswith(b"HTTP/1.1 431 ")
             assert await raw_request(port, b"GET /met") == b""  # a client that gives up
+            answer = await raw_request(port, b"GET http://[x/metrics HTTP/1.1\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+            # A version prometheus_client cannot parse: the default format.
+            status, headers, body = await scrape(
+                port, headers={"Accept": "application/openmetrics-text; version=abc"}
+            )
+            assert status == 200
+            assert headers["Content-Type"].startswith("text/plain")
+            assert b"trio_connmgr_connections" in body
             status, _, _ = await scrape(port)
             assert status == 200
 
@@ -364,6 +374,23 @@ async def test_a_failing_collector_gives_a_500() -> None:
     async with metrics_server(registry) as port:
         status, _, body = await scrape(port)
     assert (status, body) == (500, b"collecting metrics failed\n")
+
+
+async def test_a_request_that_cannot_be_answered_gets_a_500(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(request: bytes, registry: CollectorRegistry, path: str) -> bytes:
+        raise KeyError("bug")
+
+    registry = CollectorRegistry()
+    async with metrics_server(registry) as port:
+        with monkeypatch.context() as patch:
+            patch.setattr(trio_connmgr.prometheus, "_answer", broken)
+            answer = await raw_request(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+        assert "answering a metrics request failed" in caplog.text
+        status, _, _ = await scrape(port)  # still serving
+        assert status == 200
 
 
 async def test_the_server_stops_with_its_nursery() -> None:

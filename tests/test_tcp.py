@@ -6,6 +6,7 @@ under ``trio.fail_after``): the kernel's TCP stack does not run on a mock clock.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from functools import partial
@@ -281,4 +282,89 @@ async def test_a_cancelled_handler_task_is_not_admitted() -> None:
         assert ran == 0
         assert mgr.statistics().connections_opened == 2
         assert not any(conn.closed for conn in held)
+        nursery.cancel_scope.cancel()
+
+
+@needs_proc
+async def test_bad_arguments_are_config_errors_before_any_socket() -> None:
+    recorder = DialRecorder()
+    fds_before = open_fds()
+
+    async def handler(stream: trio.SocketStream, conn: cm.Connection) -> None:
+        pass  # pragma: no cover
+
+    async with cm.open_connection_manager(limits=cm.Limits(1, 2), triggers=[recorder]) as mgr:
+        with pytest.raises(cm.ConfigError, match="serve_tcp manager must be a ConnectionManager"):
+            await serve_tcp(handler, 0, manager=None)  # type: ignore[arg-type]
+        with pytest.raises(cm.ConfigError, match="serve_tcp address_of must be callable"):
+            await serve_tcp(handler, 0, manager=mgr, address_of="10.0.0.1")  # type: ignore[arg-type]
+        with pytest.raises(cm.ConfigError, match="open_tcp_connection manager"):
+            async with open_tcp_connection(None, "127.0.0.1", 1):  # type: ignore[arg-type]
+                pass  # pragma: no cover
+        with pytest.raises(cm.ConfigError, match=r"open_tcp_connection peer must be hashable"):
+            async with open_tcp_connection(mgr, "127.0.0.1", 1, peer=["unhashable"]):
+                pass  # pragma: no cover
+        assert recorder.dials == []
+    assert open_fds() == fds_before
+
+
+@needs_proc
+async def test_a_failing_dial_hook_still_closes_the_socket() -> None:
+    class Failing(DialRecorder):
+        def dial_reported(self, ok: bool, latency: float | None, now: float) -> bool:
+            raise RuntimeError("trigger bug")
+
+    server_saw_eof = trio.Event()
+
+    async def server(stream: trio.SocketStream) -> None:
+        async with stream:
+            while await stream.receive_some():
+                pass  # pragma: no cover
+        server_saw_eof.set()
+
+    fds_before = open_fds()
+    async with trio.open_nursery() as servers:
+        listeners = await servers.start(trio.serve_tcp, server, 0)
+        port = listeners[0].socket.getsockname()[1]
+        async with cm.open_connection_manager(limits=cm.Limits(1, 2), triggers=[Failing()]) as mgr:
+            with pytest.raises(RuntimeError, match="trigger bug"):
+                async with open_tcp_connection(mgr, "127.0.0.1", port):
+                    pass  # pragma: no cover
+            assert mgr.statistics().connections == 0
+        with trio.fail_after(10):
+            await server_saw_eof.wait()
+        servers.cancel_scope.cancel()
+    assert open_fds() == fds_before
+
+
+async def test_address_of_tells_admission_where_a_client_comes_from() -> None:
+    origins = ["10.1.1.1", "10.1.1.2", "10.1.2.1"]
+    admission = cm.Admission(ipv4_caps={24: 1})
+
+    def origin(stream: trio.SocketStream) -> str:
+        return origins.pop(0)
+
+    async def handler(stream: trio.SocketStream, conn: cm.Connection) -> None:
+        await stream.send_all(b"ok\n")
+        await trio.sleep_forever()
+
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(5, 10), admission=admission) as mgr,
+        trio.open_nursery() as nursery,
+    ):
+        listeners = await nursery.start(
+            partial(serve_tcp, handler, 0, manager=mgr, address_of=origin)
+        )
+        port = listeners[0].socket.getsockname()[1]
+        answers = []
+        async with contextlib.AsyncExitStack() as stack:
+            with trio.fail_after(10):
+                for _ in range(3):
+                    stream = await trio.open_tcp_stream("127.0.0.1", port)
+                    await stack.enter_async_context(stream)
+                    answers.append(await read_line(stream))
+            # 10.1.1.0/24 has room for one: its second client is refused.
+            assert answers == [b"ok\n", b"", b"ok\n"]
+            assert sorted(c.address for c in mgr.connections) == ["10.1.1.1", "10.1.2.1"]
+            assert dict(mgr.statistics().refusals) == {"subnet": 1}
         nursery.cancel_scope.cancel()

@@ -7,9 +7,12 @@ five phases: steady, a spike of inbound connections, a flood from one /24
 subnet, a wave of failing dials, and calm. The node's state is shown live,
 then summarised; the event trace and a timeline plot are written to ``--out``.
 
-Every address is on the loopback network: clients bind source addresses such
-as 127.0.66.7 (Linux routes the whole 127.0.0.0/8 to loopback) so that
-admission sees distinct subnets.
+Every socket is on 127.0.0.1. So that admission sees distinct subnets, each
+client stands for a remote peer with an *origin* address from 198.18.0.0/15
+(the range reserved for network benchmarks, RFC 2544): the client binds its
+socket to an ephemeral port on 127.0.0.1, notes the origin under that port,
+then connects, and the node's ``serve_tcp(address_of=...)`` hands admission the
+origin of the port it sees. Origins are labels: nothing binds or dials them.
 """
 
 from __future__ import annotations
@@ -117,6 +120,8 @@ class Demo:
         self.node_port = 0
         self.farm_port = 0
         self.closed_port = 0
+        # The origin address of each client, by its local port (see the module doc).
+        self.origins: dict[int, str] = {}
         self.mgr: cm.ConnectionManager
         self.dht: cm.Enrollment
         self.mesh: cm.Enrollment
@@ -141,14 +146,8 @@ class Demo:
                 increase=6,
                 decrease=0.7,
             ),
-            # Every source address here is loopback: do not exempt it, so the
-            # flood from 127.0.66.0/24 meets the subnet cap and the rate limit.
-            "admission": Admission(
-                ipv4_caps={24: 12},
-                rate=4.0,
-                burst=8,
-                exempt_loopback=False,
-            ),
+            # The flood from 198.18.66.0/24 meets the subnet cap and the rate limit.
+            "admission": Admission(ipv4_caps={24: 12}, rate=4.0, burst=8),
             "triggers": [
                 triggers.Spike(connections=40, window=2.0),
                 triggers.FailedDials(ratio=0.5, window=4.0, min_dials=8),
@@ -235,12 +234,34 @@ class Demo:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
-    async def client(self, kind: str, source: str, lifetime: float = math.inf) -> None:
-        """One remote peer connecting to the node from ``source``."""
-        self.observed.client_attempts += 1
+    def origin_of(self, sock: trio.SocketStream) -> str:
+        """The node's ``address_of``: the origin the client on that port stands for."""
         try:
-            sock = await trio.open_tcp_stream("127.0.0.1", self.node_port, local_address=source)
+            port = sock.socket.getpeername()[1]
         except OSError:
+            return "127.0.0.1"
+        return self.origins.get(port, "127.0.0.1")
+
+    async def _connect(self, origin: str) -> trio.SocketStream | None:
+        """Connect to the node from 127.0.0.1, noting ``origin`` under the local port."""
+        sock = trio.socket.socket()
+        try:
+            await sock.bind(("127.0.0.1", 0))
+            self.origins[sock.getsockname()[1]] = origin
+            await sock.connect(("127.0.0.1", self.node_port))
+        except OSError:
+            sock.close()
+            return None
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(sock)
+
+    async def client(self, kind: str, origin: str, lifetime: float = math.inf) -> None:
+        """One remote peer, from ``origin``, connecting to the node."""
+        self.observed.client_attempts += 1
+        sock = await self._connect(origin)
+        if sock is None:
             return
         async with sock:
             try:
@@ -259,8 +280,8 @@ class Demo:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.observed.client_closed_by_node += 1
 
-    def _source(self, subnet: int) -> str:
-        return f"127.0.{subnet}.{self.rng.randrange(2, 250)}"
+    def _origin(self, subnet: int) -> str:
+        return f"198.18.{subnet}.{self.rng.randrange(2, 250)}"
 
     async def load(self, nursery: trio.Nursery) -> None:
         """Drive the five phases."""
@@ -272,22 +293,22 @@ class Demo:
             end = start + (PHASES[index + 1][1] if index + 1 < len(PHASES) else 1.0) * duration
             if name == "steady":
                 for i in range(12):
-                    nursery.start_soon(self.client, "mesh", self._source(1 + i % 6))
+                    nursery.start_soon(self.client, "mesh", self._origin(1 + i % 6))
                 for i in range(36):
-                    nursery.start_soon(self.client, "bitswap", self._source(10 + i % 9))
+                    nursery.start_soon(self.client, "bitswap", self._origin(10 + i % 9))
                     await trio.sleep(0.05)
             elif name == "spike":
                 for i in range(80):
-                    nursery.start_soon(self.client, "idle", self._source(20 + i % 20))
+                    nursery.start_soon(self.client, "idle", self._origin(20 + i % 20))
                     await trio.sleep(0.01)
             elif name == "flood":
                 # One /24 tries hard: the subnet cap and its rate limit answer.
                 while trio.current_time() < end - 0.2 * duration * 0.2:
-                    nursery.start_soon(self.client, "idle", self._source(66), 3.0)
+                    nursery.start_soon(self.client, "idle", self._origin(66), 3.0)
                     await trio.sleep(0.02)
             elif name == "failing dials":
                 for i in range(10):
-                    nursery.start_soon(self.client, "bitswap", self._source(30 + i))
+                    nursery.start_soon(self.client, "bitswap", self._origin(30 + i))
                     await trio.sleep(0.1)
 
     # --------------------------------------------------------------- watching
@@ -373,7 +394,9 @@ class Demo:
             async with trio.open_nursery() as nursery:
                 self.holders = nursery
                 listeners = await nursery.start(
-                    functools.partial(tcp.serve_tcp, self.handle, 0, manager=mgr)
+                    functools.partial(
+                        tcp.serve_tcp, self.handle, 0, manager=mgr, address_of=self.origin_of
+                    )
                 )
                 self.node_port = listeners[0].socket.getsockname()[1]
                 nursery.start_soon(self.watch_events, events)

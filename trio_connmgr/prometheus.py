@@ -339,10 +339,16 @@ def _answer(request: bytes, registry: CollectorRegistry, path: str) -> bytes:
         return _text(
             "405 Method Not Allowed", "only GET and HEAD", False, [("Allow", "GET, HEAD")]
         )
-    url = urlsplit(target)
+    try:
+        url = urlsplit(target)
+    except ValueError:  # e.g. an unbalanced "[" in the host part
+        return _text("400 Bad Request", "malformed request target", head)
     if url.path != path:
         return _text("404 Not Found", f"metrics are at {path}", head)
-    encoder, content_type = choose_encoder(headers.get("accept", ""))
+    try:
+        encoder, content_type = choose_encoder(headers.get("accept", ""))
+    except Exception:  # a malformed version in Accept: serve the default format
+        encoder, content_type = choose_encoder("")
     names = parse_qs(url.query).get("name[]")
     source = registry.restricted_registry(names) if names else registry
     try:
@@ -370,7 +376,13 @@ async def _handle(stream: trio.abc.Stream, registry: CollectorRegistry, path: st
                 if not data:
                     return
                 buffer += data
-            await stream.send_all(_answer(buffer.split(b"\r\n\r\n", 1)[0], registry, path))
+            try:
+                response = _answer(buffer.split(b"\r\n\r\n", 1)[0], registry, path)
+            except Exception:
+                # One odd request must never take the server (and its nursery) down.
+                logger.exception("answering a metrics request failed")
+                response = _text("500 Internal Server Error", "internal error", False)
+            await stream.send_all(response)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away
     finally:

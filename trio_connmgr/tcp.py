@@ -26,13 +26,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
-from ._config import Direction
-from ._errors import ConnectionRefused, ManagerClosed
-from ._manager import _ConnectionContext
+from ._config import Direction, check_peer
+from ._errors import ConfigError, ConnectionRefused, ManagerClosed
+from ._manager import ConnectionManager, _ConnectionContext
 
 if TYPE_CHECKING:
     from ._core._state import Connection
-    from ._manager import ConnectionManager
 
 __all__ = ["open_tcp_connection", "serve_tcp"]
 
@@ -43,6 +42,11 @@ _OUTBOUND = Direction.OUTBOUND
 
 Handler = Callable[[trio.SocketStream, "Connection"], Awaitable[object]]
 """A connection handler: ``await handler(stream, conn)``."""
+
+
+def _check_manager(field: str, manager: object) -> None:
+    if not isinstance(manager, ConnectionManager):
+        raise ConfigError(f"{field} must be a ConnectionManager, got {manager!r}")
 
 
 def _remote(stream: trio.SocketStream) -> tuple[str, str | None]:
@@ -72,6 +76,7 @@ async def serve_tcp(
     manager: ConnectionManager,
     host: str | None = "127.0.0.1",
     peer_of: Callable[[trio.SocketStream], Hashable] | None = None,
+    address_of: Callable[[trio.SocketStream], str | None] | None = None,
     handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -104,9 +109,22 @@ async def serve_tcp(
         host: Interface to listen on (``None``: every interface).
         peer_of: Returns the peer identity of a new stream; default: the remote
             ``"host:port"``.
+        address_of: Returns the address admission matches for a new stream
+            (its subnet caps, rate limits, allow- and deny-lists); default: the
+            remote IP address. For servers that know a client's origin better
+            than the socket does.
         handler_nursery: Nursery to run the handlers in (default: an internal one).
         task_status: Receives the list of :class:`trio.SocketListener`.
+
+    Raises:
+        ConfigError: ``manager`` is not a ConnectionManager, or ``peer_of`` or
+            ``address_of`` is not callable (before listening). An exception from
+            ``peer_of`` or ``address_of`` stops the server like one from the handler.
     """
+    _check_manager("serve_tcp manager", manager)
+    for field, hook in (("peer_of", peer_of), ("address_of", address_of)):
+        if hook is not None and not callable(hook):
+            raise ConfigError(f"serve_tcp {field} must be callable or None, got {hook!r}")
     listeners = await trio.open_tcp_listeners(port, host=host)
 
     async def serve_one(stream: trio.SocketStream) -> None:
@@ -114,6 +132,8 @@ async def serve_tcp(
         try:
             key, address = _remote(stream)
             peer: Hashable = key if peer_of is None else peer_of(stream)
+            if address_of is not None:
+                address = address_of(stream)
             # The task has just started: no schedule point before admission.
             async with _ConnectionContext(manager, peer, _INBOUND, address, False) as conn:
                 admitted = True
@@ -156,16 +176,26 @@ async def open_tcp_connection(
         host: Host name or IP address to dial.
         port: TCP port to dial.
         peer: The peer identity (default: ``"host:port"``).
+
+    Raises:
+        ConfigError: ``manager`` is not a ConnectionManager or ``peer`` is not
+            hashable (before dialling).
+        OSError: The dial failed.
+        ManagerClosed: The manager closed during the dial (the socket is closed).
     """
+    _check_manager("open_tcp_connection manager", manager)
     key: Hashable = peer if peer is not None else f"{host}:{port}"
+    check_peer("open_tcp_connection peer", key)
     started = trio.current_time()
     try:
         stream = await trio.open_tcp_stream(host, port)
     except Exception:
         manager.report_dial(key, ok=False, latency=trio.current_time() - started)
         raise
-    manager.report_dial(key, ok=True, latency=trio.current_time() - started)
     try:
+        # Inside the try: if reporting raises (a user trigger's hook), the socket
+        # is closed all the same.
+        manager.report_dial(key, ok=True, latency=trio.current_time() - started)
         _, address = _remote(stream)
         # The dial has just been a schedule point: none again before counting.
         async with _ConnectionContext(manager, key, _OUTBOUND, address, False) as conn:
