@@ -10,6 +10,7 @@ import trio.testing
 
 import trio_connmgr as cm
 from trio_connmgr._core._planner import Phase
+from trio_connmgr.triggers import Trigger
 
 
 def reason(trigger: str = "test") -> cm.PruneReason:
@@ -362,6 +363,50 @@ async def test_close_that_raises_is_counted_and_logged(
                 pass
     assert close.calls == 1
     assert any("close()" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_close_cut_off_with_an_error_of_its_own_is_counted_not_raised(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A close() using a nursery raises its own error in a group with the
+    # cancellation of its deadline: the deadline is counted, the error logged
+    # and counted, and neither reaches the manager.
+    async def close() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                raise OSError("reset while being cut off") from None
+
+    async with open_manager(close_timeout=1.0) as mgr:
+        mgr._prune(mgr.track("p", direction="outbound", close=close), reason())
+        async with mgr.connection("q", direction="inbound"):
+            await trio.sleep(2)
+        stats = mgr.statistics()
+        assert (stats.close_timeouts, stats.close_errors) == (1, 1)
+    assert "reset while being cut off" in caplog.text
+
+
+async def test_a_trigger_hook_that_raises_leaves_nothing_counted() -> None:
+    class Buggy(Trigger):
+        name = "buggy"
+
+        def connection_opened(self, now: float) -> bool:
+            raise RuntimeError("trigger bug")
+
+    close = CloseRecorder()
+    async with open_manager(triggers=[Buggy()]) as mgr:
+        with pytest.raises(RuntimeError, match="trigger bug"):
+            async with mgr.connection("p", direction="inbound"):
+                pytest.fail("admitted")  # pragma: no cover
+        with pytest.raises(RuntimeError, match="trigger bug"):
+            mgr.track("q", direction="outbound", close=close)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.connections == ()
+        stats = mgr.statistics()
+        assert (stats.connections, stats.inbound, stats.outbound) == (0, 0, 0)
+    assert close.calls == 0  # the caller got the error: its connection is its own
 
 
 async def test_pruned_by_a_round_cancels_bodies() -> None:

@@ -114,6 +114,27 @@ async def test_crashing_task_propagates_as_a_group() -> None:
             assert again.grant == cm.Grant(1, 4)
 
 
+async def test_a_crashing_task_and_a_failing_body_both_come_out() -> None:
+    # As a nursery reports them: the task's error and the body's, in one group.
+    async with cm.open_connection_manager(limits=cm.Limits(5, 10)) as mgr:
+
+        async def crash() -> None:
+            await trio.lowlevel.checkpoint()
+            raise RuntimeError("protocol bug")
+
+        with pytest.RaisesGroup(
+            pytest.RaisesExc(RuntimeError, match="protocol bug"),
+            pytest.RaisesExc(ValueError, match="cleanup failed"),
+        ):
+            async with mgr.enroll("p", quota=cm.Quota(1, 4)) as p:
+                p.start_soon(crash)
+                try:
+                    await trio.sleep_forever()
+                except trio.Cancelled:
+                    raise ValueError("cleanup failed") from None
+        assert "p" not in mgr._state.members
+
+
 async def test_body_error_propagates_unwrapped() -> None:
     cancelled: list[str] = []
     async with cm.open_connection_manager(limits=cm.Limits(5, 10)) as mgr:

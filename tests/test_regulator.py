@@ -228,6 +228,30 @@ async def test_a_body_error_during_the_stop_is_not_lost(
     assert mgr._state.closed
 
 
+async def test_a_body_error_from_a_nursery_during_the_stop_is_not_lost(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The body's error then comes out in a group with the cancellation: the
+    # manager's failure must not be lost on the way.
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("injected regulator bug")
+
+    async def child() -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            raise KeyError("raised by a task's cleanup") from None
+
+    monkeypatch.setattr(regulator_module, "plan_round", broken)
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(cm.ConnMgrError),
+        pytest.RaisesGroup(KeyError, flatten_subgroups=True),
+    ):
+        async with over_high(max_round_failures=0), trio.open_nursery() as nursery:
+            nursery.start_soon(child)
+            await trio.sleep_forever()
+
+
 async def test_failures_outside_the_window_are_forgiven(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -94,6 +94,9 @@ class Explanation:
         return self.text
 
 
+_BOTH_FAILED = "the connection manager failed and the body of its block raised"
+
+
 def _carries_cancelled(exc: BaseException) -> bool:
     """Whether ``exc`` is, or is a group holding, a :class:`trio.Cancelled`.
 
@@ -185,18 +188,30 @@ class _Closer:
         try:
             await self._close()
         except BaseException as exc:
-            if _carries_cancelled(exc):
-                # The batch's scope is shielded: only its deadline cancels a close.
+            # Split off the cancellation (the batch's scope is shielded: only its
+            # deadline cancels a close), which a close using a nursery may raise
+            # in a group together with errors of its own.
+            cancelled: BaseException | None
+            error: BaseException | None
+            if isinstance(exc, trio.Cancelled):
+                cancelled, error = exc, None
+            elif isinstance(exc, BaseExceptionGroup):
+                cancelled, error = exc.split(trio.Cancelled)
+            else:
+                cancelled, error = None, exc
+            if isinstance(error, Exception):  # an error, or a group of errors only
+                manager._close_errors += 1
+                logger.error("close() of %r raised", self.conn, exc_info=error)
+            elif error is not None:
+                failures.append(error)
+            if cancelled is not None:
                 manager._close_timeouts += 1
                 logger.warning(
                     "close() of %r did not finish within %ss", self.conn, manager.close_timeout
                 )
-                raise
-            if not isinstance(exc, Exception):
-                failures.append(exc)
-                return
-            manager._close_errors += 1
-            logger.exception("close() of %r raised", self.conn)
+                if cancelled is exc:
+                    raise
+                raise cancelled from None
 
 
 @final
@@ -288,14 +303,21 @@ class ConnectionManager:
             elif state.hard is not None:
                 enforce_hard_cap(self, peer, address)
         conn = state.open_connection(peer, direction, address, scope)
-        if admission is not None and direction is _INBOUND:
-            admission.admitted(conn)
-        wake = len(state.connections) > state.high
-        if self._open_hooks:
-            now = conn.opened_at
-            for trigger in self._open_hooks:
-                if trigger.connection_opened(now):
-                    wake = True
+        try:
+            if admission is not None and direction is _INBOUND:
+                admission.admitted(conn)
+            wake = len(state.connections) > state.high
+            if self._open_hooks:
+                now = conn.opened_at
+                for trigger in self._open_hooks:
+                    if trigger.connection_opened(now):
+                        wake = True
+        except BaseException:
+            # A trigger's hook raised: the caller gets its error and nothing
+            # stays counted (nor is its scope cancelled or its close() called).
+            conn._scope = None
+            state.close_connection(conn, CLOSED)
+            raise
         if wake:
             self._regulator.poke()
         return conn
@@ -450,7 +472,9 @@ class ConnectionManager:
         Yields an :class:`Enrollment` whose nursery runs the protocol's tasks.
         Leaving the block cancels those tasks, closes the protocol's streams and
         returns its quota. A task that crashes cancels the block and its error
-        propagates out of it (as an exception group, like a nursery's).
+        propagates out of it (as an exception group, like a nursery's, which
+        also holds the body's error if the body raised one while cancelled).
+        An error of the body alone propagates unwrapped.
 
         Raises:
             ConfigError: empty or duplicate ``name``, bad ``quota``, ``weight`` or ``scorer``.
@@ -488,6 +512,12 @@ class ConnectionManager:
                     body_error = exc
                 finally:
                     nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if body_error is None:
+                raise
+            # A task crashed and the body raised too: both in one group, as a
+            # nursery reports them.
+            raise BaseExceptionGroup(group.message, [*group.exceptions, body_error]) from None
         finally:
             enrollment._nursery = None
             state.leave(enrollment)
@@ -816,6 +846,14 @@ async def open_connection_manager(
                 # Closing spawns closer tasks for tracked connections in `nursery`,
                 # which waits for them (each shielded and bounded by close_timeout).
                 manager._close()
+    except BaseException as exc:
+        fatal = manager._fatal if manager is not None else None
+        if fatal is None:
+            raise
+        # The manager failed, and an error came out of the nurseries as well: the
+        # body's cleanup raised while being cancelled, in a group with that
+        # cancellation (a nursery in the body). Report both.
+        raise BaseExceptionGroup(_BOTH_FAILED, [fatal, exc]) from None
     finally:
         state.closed = True
         if trace_file is not None:
@@ -826,10 +864,7 @@ async def open_connection_manager(
     if fatal is not None and body_error is not None:
         # Both failed (the body's cleanup raised while the manager stopped it):
         # report both, as a nursery reports its tasks' concurrent errors.
-        raise BaseExceptionGroup(
-            "the connection manager failed and the body of its block raised",
-            [fatal, body_error],
-        )
+        raise BaseExceptionGroup(_BOTH_FAILED, [fatal, body_error])
     if fatal is not None:
         raise fatal
     if body_error is not None:
