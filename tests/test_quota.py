@@ -207,6 +207,25 @@ async def test_wait_grant_changed() -> None:
         assert results == [G(7, 10), G(8, 10)]
 
 
+async def test_wait_grant_changed_ends_when_the_enrollment_leaves() -> None:
+    async with cm.open_connection_manager(limits=cm.Limits(5, 10)) as mgr:
+        outcomes: list[str] = []
+
+        async def waiter(enrollment: cm.Enrollment) -> None:
+            try:
+                await enrollment.wait_grant_changed()
+            except cm.ResourceClosed as exc:
+                outcomes.append(str(exc))
+
+        async with trio.open_nursery() as nursery, mgr.enroll("a", quota=Q(2, 4)) as a:
+            nursery.start_soon(waiter, a)  # in a task that outlives the block
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcomes == []
+        assert outcomes == ["enrollment 'a' has left"]
+        with pytest.raises(cm.ResourceClosed, match="has left"):
+            await a.wait_grant_changed()
+
+
 async def test_on_grant_that_raises_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     def broken(grant: cm.Grant) -> None:
         raise RuntimeError("boom")

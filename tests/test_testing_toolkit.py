@@ -291,6 +291,35 @@ async def test_record_rounds_sees_regulator_rounds_and_their_victims(
         assert len(rounds.rounds) == 2  # nothing recorded after the block
 
 
+async def noop_close() -> None:
+    pass
+
+
+async def test_record_rounds_leaves_evictions_out_of_rounds(autojump_clock: object) -> None:
+    # An eviction by admission at hard happens outside any round.
+    admission = cm.Admission(allow=["10.0.0.0/8"])
+    async with cm.open_connection_manager(
+        limits=cm.Limits(2, 3, 4), grace_period=1, admission=admission
+    ) as mgr:
+        conns = [
+            mgr.track(f"p{i}", direction="inbound", address=f"192.0.2.{i}", close=noop_close)
+            for i in range(3)
+        ]
+        await advance(2)  # a round prunes one; the others leave their grace period
+        async with record_rounds(mgr) as rounds:
+            while len(mgr.connections) < 4:
+                conns.append(
+                    mgr.track("late", direction="inbound", address="192.0.2.9", close=noop_close)
+                )
+            mgr.track("trusted", direction="inbound", address="10.0.0.1", close=noop_close)
+            assert [c.close_reason for c in conns].count("evicted") == 1
+            await advance(2)
+        assert rounds.rounds
+        assert all(c.close_reason == "pruned" for c in rounds.pruned)
+        for result in rounds.rounds:
+            check_invariants(mgr, last_round=result)
+
+
 # ------------------------------------------------------------- assertions
 
 

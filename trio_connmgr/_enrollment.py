@@ -150,11 +150,26 @@ class Enrollment(EnrollmentState):
     # ----------------------------------------------------------------- grants
 
     async def wait_grant_changed(self) -> Grant:
-        """Wait until this enrollment's grant changes; return the new grant."""
+        """Wait until this enrollment's grant changes; return the new grant.
+
+        Raises:
+            ResourceClosed: The enrollment has left (or leaves while waiting).
+        """
+        if self.closed:
+            await trio.lowlevel.checkpoint()
+            raise ResourceClosed(f"enrollment {self.name!r} has left")
         if self._grant_event is None:
             self._grant_event = trio.Event()
         await self._grant_event.wait()
+        if self.closed:
+            raise ResourceClosed(f"enrollment {self.name!r} has left")
         return self.grant
+
+    def _left(self) -> None:
+        """Wake the tasks waiting for a grant change: there will be none."""
+        if self._grant_event is not None:
+            self._grant_event.set()
+            self._grant_event = None
 
     def _grant_changed(self, old: Grant, new: Grant) -> None:
         if self._grant_event is not None:

@@ -521,6 +521,7 @@ class ConnectionManager:
         finally:
             enrollment._nursery = None
             state.leave(enrollment)
+            enrollment._left()
             self._wake_if_above_high()
         if body_error is not None:
             raise body_error

@@ -2,7 +2,8 @@
 
 Installing trio_connmgr makes these fixtures available to every test suite
 that uses pytest-trio (``trio_mode = true``, or ``@pytest.mark.trio`` on each
-test); nothing of trio_connmgr is imported until a fixture is used.
+test). Loading the plugin imports the ``trio_connmgr`` package; the testing
+toolkit behind the fixtures is imported only when a fixture is used.
 
 - ``connmgr``: a manager open for the whole test. Configure it with the
   ``connmgr`` marker: ``@pytest.mark.connmgr(limits=cm.Limits(2, 4), grace_period=0)``.

@@ -18,6 +18,7 @@ from .._core._events import (
     Event,
     RoundCompleted,
 )
+from .._core._state import PRUNED
 
 if TYPE_CHECKING:
     from .._core._planner import PruneReason
@@ -195,7 +196,8 @@ class RoundRecorder:
                 self._known[conn.id] = conn
         elif isinstance(event, ConnectionPruned):
             conn = self._known.get(event.connection_id)
-            if conn is not None:
+            # Not an eviction by admission at hard (outside any round).
+            if conn is not None and conn.close_reason == PRUNED:
                 self._pending.append(conn)
         elif isinstance(event, ConnectionClosed):
             self._known.pop(event.connection_id, None)
