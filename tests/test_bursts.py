@@ -256,6 +256,11 @@ async def test_burst_misuse_and_events() -> None:
         burst = dht.burst("lookup")
         assert burst.name == "lookup"
         assert burst.protocol == "dht"
+        # Not entered yet: not open, so nothing can be enlisted in it.
+        with pytest.raises(cm.ConfigError, match="not open yet"):
+            dht.track_stream(conn, burst=burst)
+        with pytest.raises(cm.ConfigError, match="not open yet"):
+            burst.enlist(dht.track_stream(conn))
         async with burst:
             with pytest.raises(cm.ConfigError, match="already used"):
                 async with burst:

@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 import trio_connmgr as cm
 from trio_connmgr._core import _planner
 from trio_connmgr._core._planner import Phase, Plan, plan_now, plan_round
-from trio_connmgr._core._state import BurstState, Connection, EnrollmentState, LockState, State
+from trio_connmgr._core._state import (
+    BurstState,
+    Connection,
+    EnrollmentState,
+    LockState,
+    State,
+    Stream,
+)
 
 INBOUND = cm.Direction.INBOUND
 OUTBOUND = cm.Direction.OUTBOUND
@@ -153,16 +160,22 @@ def check_plan(
     assert actives == sorted(actives)
     if len(later) > len(idles):
         assert idle <= normal_set
-    # Offenders: only protocols whose non-burst usage exceeded grant.max.
+
+    # Offenders: only protocols whose usage outside open bursts exceeded grant.max.
+    def outside_open_bursts(stream: Stream) -> bool:
+        return stream.burst is None or stream.burst.closed_at is not None
+
     plain = {
-        m: len({s.connection for s in m.streams if s.burst is None})
+        m: len({s.connection for s in m.streams if outside_open_bursts(s)})
         for m in state.members.values()
     }
     for v in normal:
         if v.reason.phase is Phase.OFFENDER:
             member = state.members[v.reason.protocol or ""]
             assert plain[member] > member.grant.max
-            assert any(s._member is member and s.burst is None for s in v.connection.streams)
+            assert any(
+                s._member is member and outside_open_bursts(s) for s in v.connection.streams
+            )
     # The rest: ascending tally (inbound first, newest first); nothing cheaper left
     # behind unless it holds a protocol at its grant.min.
     rest = [v.connection for v in normal if v.reason.phase is Phase.TALLY]
@@ -403,6 +416,62 @@ def test_burst_streams_do_not_make_an_offender() -> None:
     plan = core.plan(target=1)
     assert plan.victims[0].reason.phase is Phase.OFFENDER
     assert plan.victims[0].reason.protocol == "dht"
+
+
+def test_a_closed_bursts_streams_count_like_any_other() -> None:
+    # SPEC §7: only while the burst is open may it exceed the protocol's max.
+    core = Core(1, 40, linger=30.0)
+    dht = core.member("dht", cm.Quota(0, 2))
+    other = core.member("other")
+    burst = core.burst(dht)
+    for _ in range(6):
+        core.stream(dht, core.conn(), score=0.9, burst=burst)
+    # Leftovers of a closed burst still go first while it lingers...
+    core.stream(dht, core.conn(), score=0.9, burst=burst)
+    cheap = core.conn()
+    core.stream(other, cheap, score=0.1)
+    assert core.plan(target=1).victims[0].reason.phase is Phase.TALLY
+    core.state.close_burst(burst)
+    core.now += 1000  # ...and not once the linger has passed
+    core.state.forget_bursts(core.now)
+    victim = core.plan(target=1).victims[0]
+    assert victim.reason.phase is Phase.OFFENDER
+    assert victim.reason.protocol == "dht"
+    # Enlisting plain streams in a burst closed at once changes nothing either.
+    again = Core(1, 40)
+    p = again.member("p", cm.Quota(0, 2))
+    q = again.member("q")
+    streams = [again.stream(p, again.conn(), score=0.9) for _ in range(6)]
+    again.stream(q, again.conn(), score=0.1)
+    laundering = again.burst(p)
+    for stream in streams:
+        laundering.enlist(stream)
+    again.state.close_burst(laundering)
+    again.now += 1000
+    again.state.forget_bursts(again.now)
+    assert again.plan(target=1).victims[0].reason.phase is Phase.OFFENDER
+
+
+def test_a_scorer_that_closes_streams_does_not_break_the_round() -> None:
+    def scorer(stream: cm.Stream) -> float:
+        if stream.metadata["stale"]:
+            stream.close()  # its own stale stream
+        if stream.metadata["gone"]:
+            stream.connection.release()  # its whole connection
+        return 0.5
+
+    core = Core(1, 20)
+    p = core.member("p")
+    p.scorer = scorer
+    conns = [core.conn() for _ in range(4)]
+    for conn in conns:
+        core.stream(p, conn).metadata.update(stale=False, gone=conn is conns[3])
+        core.stream(p, conn).metadata.update(stale=True, gone=False)
+    plan = core.plan(target=4)
+    assert conns[3].closed
+    assert set(plan.connections) == set(conns[:3])
+    assert all(len(conn.streams) == 1 for conn in conns[:3])
+    assert p.scorer_errors == 0
 
 
 def test_phase_tally_ties_inbound_first_then_newest() -> None:

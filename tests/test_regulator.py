@@ -252,6 +252,53 @@ async def test_a_body_error_from_a_nursery_during_the_stop_is_not_lost(
             await trio.sleep_forever()
 
 
+async def test_a_stream_opened_while_a_round_yields_keeps_its_protocol_at_min() -> None:
+    # The round plans over more than one chunk of connections, yielding between
+    # them. Meanwhile a task opens a stream of p on a connection the round has
+    # already classified without p (and will prune first): pruning it takes p
+    # down to its grant.min, so no other connection of p may go.
+    scored = trio.Event()
+
+    def scorer(stream: cm.Stream) -> float:
+        scored.set()
+        return float(stream.metadata["score"])
+
+    async def noop() -> None:
+        pass
+
+    # Three chunks: the task gets to run before the last one, whichever order
+    # Trio runs the two in (it shuffles each batch of runnable tasks).
+    n = 2 * CHUNK + 66
+    async with (
+        cm.open_connection_manager(
+            limits=cm.Limits(n - 90, n + 10), grace_period=0, silence_period=1e6
+        ) as mgr,
+        mgr.enroll("p", quota=cm.Quota(2, n), scorer=scorer) as p,
+        mgr.enroll("q", quota=cm.Quota(0, n), scorer=scorer) as q,
+    ):
+        conns = [mgr.track(f"peer-{i}", direction="outbound", close=noop) for i in range(n)]
+        first = conns[0]
+        q.track_stream(first).metadata["score"] = 0.1  # the round's first victim
+        for conn in conns[1:-2]:
+            q.track_stream(conn).metadata["score"] = 0.9
+        for conn in conns[-2:]:
+            p.track_stream(conn).metadata["score"] = 0.5
+        assert (p.usage, p.grant.min) == (2, 2)
+
+        async def use_first_for_p() -> None:
+            await scored.wait()
+            p.track_stream(first).metadata["score"] = 0.9
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(use_first_for_p)
+            pruned = await mgr.trim()
+        assert first in pruned
+        assert first.streams == set()
+        assert not set(conns[-2:]) & set(pruned)
+        assert p.usage == p.grant.min == 2
+        assert len(pruned) == 89  # one short: the next round takes it
+
+
 async def test_failures_outside_the_window_are_forgiven(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

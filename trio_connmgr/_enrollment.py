@@ -139,9 +139,11 @@ class Enrollment(EnrollmentState):
         """A burst of transient work (async context manager).
 
         Streams opened with ``burst=`` or enlisted with ``burst.enlist(stream)``
-        count for the protocol but never make it an offender. On exit the burst's
-        burst-only connections become the first prune candidates for
-        ``burst_linger`` seconds. Entering checkpoints; exiting never blocks.
+        (once entered: a burst not yet entered raises :class:`ConfigError`) count
+        for the protocol but, while the burst is open, never make it an offender.
+        On exit the burst's burst-only connections become the first prune
+        candidates for ``burst_linger`` seconds, and its streams still open count
+        like any other. Entering checkpoints; exiting never blocks.
         """
         if name is not None and not isinstance(name, str):
             raise ConfigError(f"burst name must be a string or None, got {name!r}")

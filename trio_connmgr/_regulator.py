@@ -49,6 +49,11 @@ async def drive(gen: Generator[None, None, T]) -> T:
         await trio.lowlevel.checkpoint()
 
 
+def below_min(conn: Connection) -> bool:
+    """Whether pruning ``conn`` now would take a protocol on it below its ``grant.min``."""
+    return any(member.usage <= member.grant.min for member in conn._protocols)
+
+
 def lock_revocations(state: State, now: float, wanted: int) -> list[Connection]:
     """Locked connections whose locks to revoke, lowest tally first.
 
@@ -279,8 +284,11 @@ class Regulator:
                     assert victim is not None
                     assert reason is not None
                     # Checkpoints let other tasks run: a victim may have closed,
-                    # been locked or protected since planning.
+                    # been locked or protected since planning, or carry a stream
+                    # of a protocol it did not carry then. Usage now is the truth.
                     if exclusion(state, victim, now) is not None:
+                        continue
+                    if not reason.forced and below_min(victim):
                         continue
                     prune(victim, reason)
                     pruned += 1

@@ -11,7 +11,7 @@ Order of victims (target: ``count - low``):
 
 1. connections used only by recently-closed bursts, oldest close first;
 2. idle connections (no streams), least recently active first;
-3. connections of offending protocols (non-burst usage > grant.max), most
+3. connections of offending protocols (usage outside open bursts > grant.max), most
    over-quota protocol first, lowest tally first within it;
 4. everything else by ascending tally; ties: inbound before outbound, newest first.
 
@@ -36,7 +36,7 @@ from .._config import Direction
 from ._scoring import checked, scorer_failed
 
 if TYPE_CHECKING:
-    from ._state import Connection, EnrollmentState, State
+    from ._state import Connection, EnrollmentState, State, Stream
 
 CHUNK = 1024
 """Connections classified (or victims selected) between two yields."""
@@ -153,6 +153,14 @@ def exclusion(state: State, conn: Connection, now: float) -> str | None:
     return None
 
 
+def _plain(stream: Stream) -> bool:
+    """Whether ``stream`` counts for its protocol's offender accounting: it is not
+    enlisted in a burst that is still open (SPEC §7: a closed burst's streams
+    count like any other)."""
+    burst = stream.burst
+    return burst is None or burst.closed_at is not None
+
+
 def _burst_key(state: State, conn: Connection, now: float) -> tuple[float, str] | None:
     """(latest close time, protocol) if only recently-closed bursts used ``conn``."""
     bursts = conn._bursts
@@ -265,7 +273,7 @@ def plan_round(
     # index and to free, and next to nothing for the garbage collector to track.
     tallies = [0.0] * n
     # Protocols with open streams on each candidate (for grant.min), and those
-    # with non-burst streams (for offender accounting): the number of that set
+    # with streams outside open bursts (for offender accounting): the number of that set
     # in ``shapes``, one tuple shared by every connection with the same set.
     member_shape = [0] * n
     plain_shape = [0] * n
@@ -311,7 +319,7 @@ def plan_round(
                     excluded[why] = excluded.get(why, 0) + 1
                     seen: set[EnrollmentState] = set()
                     for stream in streams:
-                        if stream.burst is None and stream._member not in seen:
+                        if _plain(stream) and stream._member not in seen:
                             seen.add(stream._member)
                             plain_usage[stream._member] = plain_usage.get(stream._member, 0) + 1
                     continue
@@ -331,7 +339,8 @@ def plan_round(
                 best: dict[EnrollmentState, float] | None = (
                     None if len(protocols) == len(streams) else {}
                 )
-                for stream in streams:
+                # A snapshot: a scorer may close a stream (its own, stale one).
+                for stream in tuple(streams):
                     member = stream._member
                     # score(member, stream), inlined: this loop is the hot path of a round.
                     try:
@@ -347,6 +356,8 @@ def plan_round(
                         best[member] = value
                     if stream.burst is not None:
                         bursty = True
+                if conn.closed:  # by a scorer (mypy cannot tell that it may)
+                    continue  # type: ignore[unreachable]
                 if best is None:
                     members = tuple(protocols)
                 else:
@@ -356,11 +367,12 @@ def plan_round(
                 tallies[i] = total
                 sid = member_shape[i] = shape_ids[members]
                 if bursty:
-                    plain = tuple({s._member: None for s in streams if s.burst is None})
-                    sid = shape_ids[plain]
-                    if burst is not None and not plain:
+                    # Offender accounting leaves out the streams of open bursts;
+                    # the burst phase takes connections that only bursts used.
+                    if burst is not None and all(s.burst is not None for s in streams):
                         bursts[i] = burst
                         burst_first.append(i)
+                    sid = shape_ids[tuple({s._member: None for s in streams if _plain(s)})]
                 plain_shape[i] = sid
                 shape_counts[sid] += 1
                 busy.append(i)
@@ -467,7 +479,7 @@ def plan_round(
         ordered: list[int], phase: Phase, offender: EnrollmentState | None = None
     ) -> Generator[None, None, None]:
         """Take candidates from ``ordered`` until the target is reached (or, for an
-        offender, from those whose non-burst protocols include it until it is
+        offender, from those whose plain protocols include it until it is
         back within its ``grant.max``), skipping those a grant.min blocks."""
         name = None
         has: set[int] | None = None

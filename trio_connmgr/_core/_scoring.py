@@ -111,7 +111,7 @@ def tally(conn: Connection) -> float:
     if not streams:
         return 0.0
     best: dict[EnrollmentState, float] = {}
-    for stream in streams:
+    for stream in tuple(streams):  # a scorer may close a stream
         member = stream._member
         value = score(member, stream)
         if value > best.get(member, -1.0):

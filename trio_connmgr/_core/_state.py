@@ -851,6 +851,8 @@ class State:
             raise ConfigError(f"burst belongs to {burst.protocol!r}, not to {member.name!r}")
         if burst.closed_at is not None:
             raise ResourceClosed(f"burst #{burst.id} is closed")
+        if burst not in member._open_bursts:
+            raise ConfigError(f"burst #{burst.id} is not open yet: enter it with `async with`")
 
     def enlist(self, burst: BurstState, stream: Stream) -> None:
         """Enlist ``stream`` in ``burst`` (same protocol, both open)."""
