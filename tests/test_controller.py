@@ -229,6 +229,12 @@ def test_sensing_validation() -> None:
         cm.sensing.FileDescriptors(fraction=2)
     with pytest.raises(cm.ConfigError, match=r"Memory.budget"):
         cm.sensing.Memory(budget=-5)
+    with pytest.raises(cm.ConfigError, match=r"FakeSensor: Reading.ceiling .* got -1"):
+        FakeSensor(ceiling=-1)
+    with pytest.raises(cm.ConfigError, match=r"FakeSensor: Reading.pressure .* got 'yes'"):
+        FakeSensor(pressure="yes")  # type: ignore[arg-type]
+    with pytest.raises(cm.ConfigError, match=r"FakeSensor: .*'x'"):
+        FakeSensor(values={"a": "x"})  # type: ignore[dict-item]
 
 
 # ------------------------------------------------------------------- Limits.auto
@@ -470,6 +476,10 @@ def test_admission_validation() -> None:
         cm.Admission(burst=3)
     with pytest.raises(cm.ConfigError, match=r"Admission.rate_ipv4_prefix"):
         cm.Admission(rate=1, rate_ipv4_prefix=40)
+    with pytest.raises(cm.ConfigError, match=r"Admission.rate_ipv4_prefix .* got 99"):
+        cm.Admission(rate_ipv4_prefix=99)  # checked without a rate too
+    with pytest.raises(cm.ConfigError, match=r"Admission.rate_ipv6_prefix .* got 'x'"):
+        cm.Admission(rate_ipv6_prefix="x")  # type: ignore[arg-type]
     with pytest.raises(cm.ConfigError, match=r"Admission.exempt_loopback"):
         cm.Admission(exempt_loopback="yes")  # type: ignore[arg-type]
     admission = cm.Admission(rate=2.5)

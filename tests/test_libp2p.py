@@ -317,6 +317,9 @@ async def test_attach_adopts_releases_and_restores() -> None:
     async with cm.open_connection_manager(
         limits=cm.Limits(low=2, high=4, hard=8), grace_period=60
     ) as mgr:
+        with pytest.raises(cm.ConfigError, match="attach manager must be a ConnectionManager"):
+            async with attach(managed, None):  # type: ignore[arg-type]
+                pytest.fail("attach() must refuse a non-manager")  # pragma: no cover
         with pytest.raises(cm.ConfigError, match=r"host\.run"):
             async with attach(managed, mgr):
                 pytest.fail("attach() must refuse a host that is not running")  # pragma: no cover

@@ -20,7 +20,8 @@ parentheses, counted in ``statistics().refusals``):
 
 1. deny-list (``"deny"``): between ``allow`` and ``deny`` the longest matching
    prefix wins, ``deny`` on a tie. Applies to loopback too;
-2. rate limit (``"rate"``): a token bucket per subnet;
+2. rate limit (``"rate"``): a token bucket per subnet, spent by every
+   attempt that gets this far (the limit is on attempts);
 3. per-subnet caps (``"subnet"``): inbound connections counted per subnet at
    every configured prefix length;
 4. the ``hard`` cap (``"hard"``): the manager's count is at ``Limits.hard``.
@@ -43,6 +44,7 @@ from ._config import Direction, check_count, check_positive_float
 from ._core._admission import (
     AdmissionPolicy,
     RateLimiter,
+    check_prefix,
     parse_caps,
     parse_host,
     parse_networks,
@@ -106,9 +108,10 @@ class Admission:
             ``deny``, the longest matching prefix wins; ``deny`` wins a tie.
         ipv4_caps: ``{prefix_length: max_inbound}`` for IPv4, e.g. ``{32: 4, 24: 16}``.
         ipv6_caps: The same for IPv6, e.g. ``{56: 16, 48: 64}``.
-        rate: Inbound admissions per second allowed per subnet (token bucket);
-            ``None`` for no rate limit.
-        burst: Bucket size: admissions allowed back to back per subnet
+        rate: Inbound connection attempts per second allowed per subnet (token
+            bucket; every attempt that reaches this check spends a token, even one
+            a later check refuses); ``None`` for no rate limit.
+        burst: Bucket size: attempts allowed back to back per subnet
             (default ``max(1, ceil(rate))``).
         rate_ipv4_prefix: Prefix length of the IPv4 subnets sharing a bucket.
         rate_ipv6_prefix: Prefix length of the IPv6 subnets sharing a bucket.
@@ -140,6 +143,9 @@ class Admission:
         self.deny = parse_networks("Admission.deny", deny)
         ipv4 = parse_caps("Admission.ipv4_caps", ipv4_caps, 32)
         ipv6 = parse_caps("Admission.ipv6_caps", ipv6_caps, 128)
+        # Checked even without a rate: a bad value is a mistake either way.
+        check_prefix("Admission.rate_ipv4_prefix", rate_ipv4_prefix, 32)
+        check_prefix("Admission.rate_ipv6_prefix", rate_ipv6_prefix, 128)
         limiter = None
         if rate is not None:
             rate = check_positive_float("Admission.rate", rate)

@@ -375,11 +375,14 @@ async def attach(host: IHost, manager: ConnectionManager) -> AsyncIterator[Attac
         connection or stream.
 
     Raises:
-        ConfigError: the host is not running, is already attached, or its
+        ConfigError: ``manager`` is not a ConnectionManager, the host is not
+            running, is already attached, or its
             ``ConnectionConfig.max_connections`` is below the manager's ``hard``
             (or ``high`` without ``hard``).
     """
     await trio.lowlevel.checkpoint()
+    if not isinstance(manager, ConnectionManager):
+        raise ConfigError(f"attach manager must be a ConnectionManager, got {manager!r}")
     swarm: Any = host.get_network()
     started = getattr(swarm, "event_background_nursery_created", None)
     if started is None or not started.is_set() or getattr(swarm, "_closing", False):

@@ -491,7 +491,11 @@ class FakeSensor(Sensor):
         ceiling: The ceiling it reports.
         pressure: Whether it reports pressure.
         values: The figures it reports.
-        script: Readings to return in order instead.
+        script: Readings to return in order instead, as they are (an entry
+            that is not a :class:`Reading` plays a broken sensor).
+
+    Raises:
+        ConfigError: A bad name, ceiling, pressure or value.
     """
 
     def __init__(
@@ -505,6 +509,10 @@ class FakeSensor(Sensor):
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"FakeSensor name must be a non-empty string, got {name!r}")
+        try:  # the reading it will report, checked now rather than at each sample
+            Reading(values or {}, ceiling, pressure)
+        except ConfigError as exc:
+            raise ConfigError(f"FakeSensor: {exc}") from None
         self.name = name
         self.ceiling = ceiling
         self.pressure = pressure

@@ -166,8 +166,8 @@ class RateLimiter:
     """One :class:`TokenBucket` per subnet, created on first use, forgotten when full.
 
     Args:
-        rate: Tokens (admissions) per second per subnet.
-        burst: Bucket size: admissions allowed back to back.
+        rate: Tokens (connection attempts) per second per subnet.
+        burst: Bucket size: attempts allowed back to back.
         ipv4_prefix: Prefix length grouping IPv4 addresses into subnets.
         ipv6_prefix: Prefix length grouping IPv6 addresses into subnets.
     """
