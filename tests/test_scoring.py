@@ -50,6 +50,8 @@ def setup(
         ("0.9", NEUTRAL, 0, 1),
         (None, NEUTRAL, 0, 1),
         ([0.3], NEUTRAL, 0, 1),
+        (True, NEUTRAL, 0, 1),  # a yes/no is no score
+        (False, NEUTRAL, 0, 1),
     ],
 )
 def test_guard(value: object, expected: float, clamped: int, errors: int) -> None:

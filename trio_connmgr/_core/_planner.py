@@ -44,6 +44,10 @@ SORT_RUN = 8192
 """Longest run sorted in one go; longer lists are sorted in runs and merged lazily."""
 BATCH_MIN = 8
 """Fewest victims taken in one batch; fewer are cheaper to take one by one."""
+TIE = 1e-9
+"""Tallies closer than this (relative to the round's largest, or absolute below
+1) are equal in phase 4: the same scores summed in another order may differ in
+their last bits, and the tie rule must not depend on that."""
 
 
 @final
@@ -222,15 +226,19 @@ def _sorted(
         yield
 
 
-def _break_ties(items: list[int], key: Callable[[int], Any], ties: Callable[[int], Any]) -> None:
-    """Re-order by ``ties`` every run of equal ``key`` in ``items`` (sorted by ``key``).
+def _break_ties(
+    items: list[int], key: Callable[[int], float], ties: Callable[[int], Any], tolerance: float
+) -> None:
+    """Re-order by ``ties`` every run of equal ``key`` in ``items`` (sorted by ``key``),
+    keys at most ``tolerance`` apart counting as equal.
 
     Sorting by a plain float ``key`` is much faster than by a tuple, and ties
     are rare: only they pay for the full order.
     """
     keys = list(map(key, items))
-    # Indices i with keys[i] == keys[i + 1], found without a Python-level loop.
-    same = list(itertools.compress(itertools.count(), map(operator.eq, keys, keys[1:])))
+    # Indices i with keys[i + 1] - keys[i] <= tolerance, without a Python-level loop.
+    gaps = map(operator.sub, keys[1:], keys)
+    same = list(itertools.compress(itertools.count(), map(tolerance.__ge__, gaps)))
     i = 0
     while i < len(same):
         start = same[i]
@@ -546,14 +554,15 @@ def plan_round(
     # different tallies, so that each run of ties is re-ordered whole (a run as
     # long as the list, from a constant scorer, makes one window).
     start = 0
+    tolerance = TIE * max(1.0, tallies[busy[-1]]) if busy else 0.0
     while start < len(busy) and len(victims) < target:
         if start:
             yield
         stop = min(start + chunk, len(busy))
-        while stop < len(busy) and tallies[busy[stop]] == tallies[busy[stop - 1]]:
+        while stop < len(busy) and tallies[busy[stop]] - tallies[busy[stop - 1]] <= tolerance:
             stop += 1
         window = busy[start:stop]
-        _break_ties(window, tallies.__getitem__, lambda i: _busy_key(conns[i], tallies[i]))
+        _break_ties(window, tallies.__getitem__, lambda i: _tie_key(conns[i]), tolerance)
         yield from select(window, Phase.TALLY)
         start = stop
     # Forced rounds may go below grant.min when nothing else is left.
@@ -579,9 +588,9 @@ def plan_round(
     )
 
 
-def _busy_key(conn: Connection, tally: float) -> tuple[float, int, float, int]:
-    """The full order of phase 4: tally; inbound before outbound; newest first."""
-    return (tally, conn.direction is Direction.OUTBOUND, -conn.opened_at, -conn.id)
+def _tie_key(conn: Connection) -> tuple[bool, float, int]:
+    """Phase 4's order among equal tallies: inbound before outbound; newest first."""
+    return (conn.direction is Direction.OUTBOUND, -conn.opened_at, -conn.id)
 
 
 def plan_now(state: State, now: float, **kwargs: Any) -> Plan:

@@ -58,9 +58,10 @@ class RecencyScorer:
 def score(member: EnrollmentState, stream: Stream) -> float:
     """Call ``member``'s scorer on ``stream``, guarded: always a float in ``[0, 1]``.
 
-    Out-of-range values are clamped and counted (``scorer_clamped``); NaN, an
-    exception or a non-number counts as :data:`NEUTRAL` (``scorer_errors``) and an
-    exception is logged once per protocol. Never raises (``BaseException`` aside).
+    Out-of-range values are clamped and counted (``scorer_clamped``); NaN, a
+    bool, an exception or a non-number counts as :data:`NEUTRAL`
+    (``scorer_errors``) and an exception is logged once per protocol. Never
+    raises (``BaseException`` aside).
     """
     try:
         value = member.scorer(stream)
@@ -92,6 +93,9 @@ def checked(member: EnrollmentState, value: Any) -> float:
 
     (The planner inlines the fast path of :func:`score` and calls this for the rest.)
     """
+    if isinstance(value, bool):  # a yes/no is no score: most likely a bug
+        member.scorer_errors += 1
+        return NEUTRAL
     try:
         if 0.0 <= value <= 1.0:
             return float(value)
