@@ -339,6 +339,35 @@ async def test_reaching_hard_is_an_emergency_at_once(
             assert set(mgr.connections) == {locks[2].stream.connection, newcomer}
 
 
+async def test_force_trim_revokes_a_lock_before_going_below_a_grant_min() -> None:
+    # SPEC §8: below grant.min only when nothing else is left; a lock that a
+    # forced round may revoke (§6) is something else.
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(3, 3), grace_period=0, lock_budget=5) as mgr,
+        mgr.enroll("p", quota=cm.Quota(1, 10), scorer=value_of) as p,
+        mgr.enroll("q", quota=cm.Quota(0, 10), scorer=value_of) as q,
+    ):
+        for peer in ("k1", "k2"):
+            track(mgr, peer)
+            mgr.protect(peer, "keep")
+        only_p = track(mgr, "only-p")
+        p.track_stream(only_p).metadata["v"] = 0.1  # p's only connection: its grant.min
+        locked_q = track(mgr, "locked-q")
+        stream = q.track_stream(locked_q)
+        stream.metadata["v"] = 0.9
+        async with q.lock(stream, ttl=100) as lock:
+            assert await mgr.trim(force=True) == [locked_q]
+            assert lock.status == "revoked"
+            assert p.usage == p.grant.min == 1
+            # With nothing else left, a forced round does go below grant.min.
+            track(mgr, "k3")
+            mgr.protect("k3", "keep")
+            assert await mgr.trim(force=True) == [only_p]
+            assert only_p.prune_reason is not None
+            assert only_p.prune_reason.forced
+            assert p.usage == 0
+
+
 async def test_sensing_pressure_revokes(autojump_clock: trio.testing.MockClock) -> None:
     async with (
         cm.open_connection_manager(limits=cm.Limits(1, 2), grace_period=0, lock_budget=2) as mgr,

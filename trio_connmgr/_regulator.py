@@ -250,7 +250,9 @@ class Regulator:
             now = trio.current_time()
             state.expire_locks(now)
             count_before = state.count
-            plan: Plan = await drive(plan_round(state, now, trigger=trigger, forced=forced))
+            # First without going below any grant.min, even in a forced round:
+            # revoking locks comes before that last resort (SPEC §6, §8).
+            plan: Plan = await drive(plan_round(state, now, trigger=trigger))
             revoked = 0
             wanted = plan.shortfall
             if not forced:
@@ -261,8 +263,8 @@ class Regulator:
                 for conn in lock_revocations(state, now, wanted):
                     for lock in list(conn._locks):
                         revoked += state.end_lock(lock, "revoked")
-                if revoked:
-                    plan = await drive(plan_round(state, now, trigger=trigger, forced=forced))
+            if revoked or (forced and plan.shortfall):
+                plan = await drive(plan_round(state, now, trigger=trigger, forced=forced))
             shortfall = plan.shortfall
             grace_ends = plan.grace_ends
             unprunable = sum(plan.excluded.values()) + len(plan.min_blocked)
