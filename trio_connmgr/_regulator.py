@@ -51,7 +51,11 @@ async def drive(gen: Generator[None, None, T]) -> T:
 
 def below_min(conn: Connection) -> bool:
     """Whether pruning ``conn`` now would take a protocol on it below its ``grant.min``."""
-    return any(member.usage <= member.grant.min for member in conn._protocols)
+    # A plain loop, not any(): no generator per victim on the apply path.
+    for member in conn._protocols:  # noqa: SIM110
+        if member.usage <= member.grant.min:
+            return True
+    return False
 
 
 def lock_revocations(state: State, now: float, wanted: int) -> list[Connection]:
