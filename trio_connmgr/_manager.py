@@ -97,6 +97,15 @@ class Explanation:
 _BOTH_FAILED = "the connection manager failed and the body of its block raised"
 
 
+def check_manager(field: str, value: object) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a :class:`ConnectionManager`.
+
+    For the adapters and extras that take one (``field`` names the argument).
+    """
+    if not isinstance(value, ConnectionManager):
+        raise ConfigError(f"{field} must be a ConnectionManager, got {value!r}")
+
+
 def _carries_cancelled(exc: BaseException) -> bool:
     """Whether ``exc`` is, or is a group holding, a :class:`trio.Cancelled`.
 

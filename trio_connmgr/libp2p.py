@@ -43,7 +43,7 @@ from ._config import Direction
 from ._core._state import Connection, Stream
 from ._enrollment import Enrollment
 from ._errors import ConfigError, ConnectionRefused, ManagerClosed
-from ._manager import ConnectionManager
+from ._manager import ConnectionManager, check_manager
 
 __all__ = ["Attachment", "attach"]
 
@@ -381,8 +381,7 @@ async def attach(host: IHost, manager: ConnectionManager) -> AsyncIterator[Attac
             (or ``high`` without ``hard``).
     """
     await trio.lowlevel.checkpoint()
-    if not isinstance(manager, ConnectionManager):
-        raise ConfigError(f"attach manager must be a ConnectionManager, got {manager!r}")
+    check_manager("attach manager", manager)
     swarm: Any = host.get_network()
     started = getattr(swarm, "event_background_nursery_created", None)
     if started is None or not started.is_set() or getattr(swarm, "_closing", False):

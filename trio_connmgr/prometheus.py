@@ -258,10 +258,9 @@ class Collector:
         *,
         namespace: str = "trio_connmgr",
     ) -> None:
-        from ._manager import ConnectionManager
+        from ._manager import check_manager
 
-        if not isinstance(manager, ConnectionManager):
-            raise ConfigError(f"manager must be a ConnectionManager, got {manager!r}")
+        check_manager("manager", manager)
         if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
             raise ConfigError(f"namespace must be a valid metric name prefix, got {namespace!r}")
         self._manager = manager

@@ -28,10 +28,11 @@ import trio
 
 from ._config import Direction, check_peer
 from ._errors import ConfigError, ConnectionRefused, ManagerClosed
-from ._manager import ConnectionManager, _ConnectionContext
+from ._manager import _ConnectionContext, check_manager
 
 if TYPE_CHECKING:
     from ._core._state import Connection
+    from ._manager import ConnectionManager
 
 __all__ = ["open_tcp_connection", "serve_tcp"]
 
@@ -42,11 +43,6 @@ _OUTBOUND = Direction.OUTBOUND
 
 Handler = Callable[[trio.SocketStream, "Connection"], Awaitable[object]]
 """A connection handler: ``await handler(stream, conn)``."""
-
-
-def _check_manager(field: str, manager: object) -> None:
-    if not isinstance(manager, ConnectionManager):
-        raise ConfigError(f"{field} must be a ConnectionManager, got {manager!r}")
 
 
 def _remote(stream: trio.SocketStream) -> tuple[str, str | None]:
@@ -121,7 +117,7 @@ async def serve_tcp(
             ``address_of`` is not callable (before listening). An exception from
             ``peer_of`` or ``address_of`` stops the server like one from the handler.
     """
-    _check_manager("serve_tcp manager", manager)
+    check_manager("serve_tcp manager", manager)
     for field, hook in (("peer_of", peer_of), ("address_of", address_of)):
         if hook is not None and not callable(hook):
             raise ConfigError(f"serve_tcp {field} must be callable or None, got {hook!r}")
@@ -183,7 +179,7 @@ async def open_tcp_connection(
         OSError: The dial failed.
         ManagerClosed: The manager closed during the dial (the socket is closed).
     """
-    _check_manager("open_tcp_connection manager", manager)
+    check_manager("open_tcp_connection manager", manager)
     key: Hashable = peer if peer is not None else f"{host}:{port}"
     check_peer("open_tcp_connection peer", key)
     started = trio.current_time()
