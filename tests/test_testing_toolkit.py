@@ -451,7 +451,7 @@ async def test_check_invariants_judges_the_last_round(autojump_clock: object) ->
         cm.open_connection_manager(limits=LIMITS, grace_period=10) as mgr,
         open_fake_connections() as fakes,
     ):
-        conns = await fakes.open_many(mgr, 3)
+        conns = await fakes.open_many(mgr, 6)
         now = trio.current_time()
 
         def completed(**fields: object) -> RoundCompleted:
@@ -478,18 +478,60 @@ async def test_check_invariants_judges_the_last_round(autojump_clock: object) ->
             check_invariants(mgr, last_round=completed(count_after=5, unprunable=3))
 
         # Victims that break invariants 2, 3 and 4 (a round cannot do that: fake them).
-        mgr._prune(conns[0], cm.PruneReason(cm.Phase.TALLY, None, 0.1, 1, "trim", forced=True))
+        mgr._prune(conns[0], cm.PruneReason(cm.Phase.TALLY, None, 0.1, 1, "trim"))
         mgr._prune(conns[1], cm.PruneReason(cm.Phase.BURST, "/kad", 0.0, 2, "trim"))
+        mgr._prune(conns[2], cm.PruneReason(cm.Phase.TALLY, None, 0.1, 3, "trim", forced=True))
         await settle()
-        result = RoundResult((conns[0], conns[1]), completed(victims=2))
+        result = RoundResult(tuple(conns[:3]), completed(victims=3))
         with pytest.raises(AssertionError) as info:
             check_invariants(mgr, last_round=result)
         message = str(info.value)
         assert "within its grace period of 10.0s (invariant 2)" in message
         assert "which was not forced (invariant 3)" in message
         assert "(rank 2) after another victim (rank 1) (invariant 4)" in message
+        assert "below a grant.min (rank" not in message  # forced, but last
+        # A forced round takes connections below a grant.min only when nothing
+        # else is left: after every other victim.
+        mgr._prune(conns[3], cm.PruneReason(cm.Phase.IDLE, None, 0.0, 1, "trim", forced=True))
+        mgr._prune(conns[4], cm.PruneReason(cm.Phase.TALLY, None, 0.1, 2, "trim"))
+        await settle()
+        result = RoundResult(tuple(conns[3:5]), completed(forced=True, victims=2))
+        with pytest.raises(
+            AssertionError,
+            match=r"below a grant.min \(rank 1\) before a victim that was not \(rank 2\)",
+        ):
+            check_invariants(mgr, last_round=result)
         with pytest.raises(AssertionError, match="reported pruned by round 1 but is open"):
-            check_invariants(mgr, last_round=RoundResult((conns[2],), completed(victims=1)))
+            check_invariants(mgr, last_round=RoundResult((conns[5],), completed(victims=1)))
+
+
+async def test_forced_round_takes_a_burst_only_connection_last(autojump_clock: object) -> None:
+    # Nothing else left, a forced round takes burst-only connections below their
+    # protocol's grant.min, after every other victim: invariant 4 orders the rest.
+    limits = cm.Limits(low=1, high=10)
+    async with (
+        cm.open_connection_manager(limits=limits, grace_period=0, silence_period=0) as mgr,
+        open_fake_connections() as fakes,
+        mgr.enroll("dht", quota=cm.Quota(2, 5)) as dht,
+        mgr.enroll("other", quota=cm.Quota(0, 5)) as other,
+    ):
+        first, second, idle, used = await fakes.open_many(mgr, 4)
+        async with dht.burst("lookup") as burst:
+            dht.track_stream(first, burst=burst)
+            dht.track_stream(second, burst=burst)
+        other.track_stream(used)
+        result = await force_round(mgr, force=True)
+        assert [(c, c.prune_reason.phase) for c in result.pruned if c.prune_reason] == [
+            (idle, cm.Phase.IDLE),
+            (used, cm.Phase.TALLY),
+            (first, cm.Phase.BURST),
+        ]
+        assert [c.prune_reason.forced for c in result.pruned if c.prune_reason] == [
+            False,
+            False,
+            True,
+        ]
+        check_invariants(mgr, last_round=result)
 
 
 async def test_check_invariants_on_a_closed_manager() -> None:

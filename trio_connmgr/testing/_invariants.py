@@ -50,7 +50,8 @@ def check_invariants(
       :class:`RoundResult`, also: each pruned connection is closed as
       ``"pruned"`` with no open stream, was past its grace period, victims have
       distinct ranks with burst-phase victims first, and only a forced round
-      took a protocol below its ``grant.min``;
+      took a protocol below its ``grant.min``, after every other victim (a
+      burst-only connection taken that way comes last, as the last resort);
     - **a closed manager** (§12.8): no connection, no enrollment left.
 
     Args:
@@ -305,20 +306,23 @@ def _check_round(
             )
     if len(set(ranks)) != len(ranks):
         problems.append(f"round {completed.number} gave duplicate ranks {sorted(ranks)}")
-    burst = [
-        c.prune_reason.rank
-        for c in pruned
-        if c.prune_reason and c.prune_reason.phase is Phase.BURST
-    ]
-    other = [
-        c.prune_reason.rank
-        for c in pruned
-        if c.prune_reason and c.prune_reason.phase is not Phase.BURST
-    ]
+    # Victims taken below a grant.min (forced rounds only) are the last resort:
+    # they come after every other victim, whatever their phase, so invariant 4
+    # orders the others only.
+    reasons = [c.prune_reason for c in pruned if c.prune_reason is not None]
+    forced = [r.rank for r in reasons if r.forced]
+    burst = [r.rank for r in reasons if not r.forced and r.phase is Phase.BURST]
+    other = [r.rank for r in reasons if not r.forced and r.phase is not Phase.BURST]
     if burst and other and max(burst) > min(other):
         problems.append(
             f"round {completed.number} pruned a burst-only connection (rank {max(burst)}) after "
             f"another victim (rank {min(other)}) (invariant 4)"
+        )
+    if forced and (burst or other) and min(forced) < max(burst + other):
+        problems.append(
+            f"round {completed.number} took a connection below a grant.min (rank "
+            f"{min(forced)}) before a victim that was not (rank {max(burst + other)}) "
+            "(invariant 3)"
         )
     if len(pruned) != completed.victims and isinstance(last_round, RoundResult):
         problems.append(
