@@ -67,10 +67,25 @@ quota_strategy = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(share=st.integers(1, 200), quotas=st.lists(quota_strategy, max_size=8))
-def test_allocate_properties(share: int, quotas: list[cm.Quota]) -> None:
-    grants = allocate(share, quotas)
+def _proportional(grants: list[cm.Grant], wanted: list[int], share: int) -> None:
+    """Largest remainder: the whole share handed out, each min within one of its
+    exact proportional part."""
+    total = sum(wanted)
+    assert sum(g.min for g in grants) == share
+    for grant, lo in zip(grants, wanted, strict=True):
+        exact = Fraction(lo * share, total)
+        assert math.floor(exact) <= grant.min <= math.ceil(exact)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    share=st.integers(1, 200),
+    requests=st.lists(st.tuples(quota_strategy, st.booleans()), max_size=8),
+)
+def test_allocate_properties(share: int, requests: list[tuple[cm.Quota, bool]]) -> None:
+    quotas = [quota for quota, _ in requests]
+    strict = [is_strict for _, is_strict in requests]
+    grants = allocate(share, quotas, strict)
     assert len(grants) == len(quotas)
     # SPEC §12.5.
     assert sum(g.min for g in grants) <= share
@@ -79,16 +94,22 @@ def test_allocate_properties(share: int, quotas: list[cm.Quota]) -> None:
     for grant, (lo, hi) in zip(grants, requested, strict=True):
         assert grant.min <= lo
         assert grant.max == max(grant.min, hi)
-    total = sum(lo for lo, _ in requested)
-    if total <= share:
-        assert [g.min for g in grants] == [lo for lo, _ in requested]
+    mins = [lo for lo, _ in requested]
+    firm = [i for i in range(len(quotas)) if strict[i]]
+    rest = [i for i in range(len(quotas)) if not strict[i]]
+    firm_total = sum(mins[i] for i in firm)
+    if sum(mins) <= share:
+        assert [g.min for g in grants] == mins
+    elif firm_total <= share:
+        # Strict mins in full; the others share what they leave.
+        assert all(grants[i].min == mins[i] for i in firm)
+        _proportional([grants[i] for i in rest], [mins[i] for i in rest], share - firm_total)
     else:
-        # Proportional, largest remainder: every min within one of its exact share,
-        # and the whole share handed out.
-        assert sum(g.min for g in grants) == share
-        for grant, (lo, _) in zip(grants, requested, strict=True):
-            exact = Fraction(lo * share, total)
-            assert math.floor(exact) <= grant.min <= math.ceil(exact)
+        # The strict mins share G; the others get none.
+        assert all(grants[i].min == 0 for i in rest)
+        _proportional([grants[i] for i in firm], [mins[i] for i in firm], share)
+    if not any(strict):
+        assert allocate(share, quotas) == grants
 
 
 def test_resolve_uses_exact_percentages() -> None:
@@ -110,35 +131,91 @@ async def test_strict_enrollment_denied_with_offer() -> None:
         cm.open_connection_manager(limits=cm.Limits(5, 10)) as mgr,
         mgr.enroll("a", quota=Q(6, 10)) as a,
     ):
-        with pytest.raises(cm.QuotaDenied) as info:
-            async with mgr.enroll("b", quota=Q(6, 10), strict=True):
-                pytest.fail("a strict enrollment accepted a smaller grant")  # pragma: no cover
-        assert info.value.offer == G(5, 10)
-        assert info.value.name == "b"
-        assert isinstance(info.value, cm.ConnMgrError)
-        assert "min=5" in str(info.value)
-        # Nothing changed.
+        # Strict mins are reserved first: the non-strict enrollment is scaled.
+        async with mgr.enroll("b", quota=Q(6, 10), strict=True) as b:
+            assert (a.grant, b.grant) == (G(4, 10), G(6, 10))
+            # Another strict one does not fit beside b: denied, and offered what
+            # it would get without strict (a and c share what b leaves).
+            with pytest.raises(cm.QuotaDenied) as info:
+                async with mgr.enroll("c", quota=Q(6, 10), strict=True):
+                    pytest.fail("a strict enrollment accepted a smaller grant")  # pragma: no cover
+            assert info.value.offer == G(2, 10)
+            assert info.value.name == "c"
+            assert isinstance(info.value, cm.ConnMgrError)
+            assert "min=2" in str(info.value)
+            # Nothing changed.
+            assert (a.grant, b.grant) == (G(4, 10), G(6, 10))
+            assert set(mgr._state.members) == {"a", "b"}
+            # Strict and fitting: accepted, at a's expense.
+            async with mgr.enroll("c", quota=Q(4, 4), strict=True) as c:
+                assert (a.grant, b.grant, c.grant) == (G(0, 10), G(6, 10), G(4, 4))
+            # Not strict: the counter-proposal is accepted.
+            async with mgr.enroll("d", quota=Q(6, 10)) as d:
+                assert (a.grant, b.grant, d.grant) == (G(2, 10), G(6, 10), G(2, 10))
         assert a.grant == G(6, 10)
-        assert set(mgr._state.members) == {"a"}
-        # Strict and fitting: accepted.
-        async with mgr.enroll("c", quota=Q(4, 4), strict=True) as c:
-            assert c.grant == G(4, 4)
-            assert a.grant == G(6, 10)
-        # Not strict: the counter-proposal is accepted.
-        async with mgr.enroll("b", quota=Q(6, 10)) as b:
-            assert (a.grant, b.grant) == (G(5, 10), G(5, 10))
+
+
+async def test_strict_min_above_the_share_is_denied() -> None:
+    # Capped at G, the min would fit; strict asks for all of it.
+    async with cm.open_connection_manager(limits=cm.Limits(5, 10)) as mgr:
+        with pytest.raises(cm.QuotaDenied) as info:
+            async with mgr.enroll("big", quota=Q(20, 30), strict=True):
+                pytest.fail("accepted")  # pragma: no cover
+        assert info.value.offer == G(10, 10)
+        assert mgr._state.members == {}
+        async with mgr.enroll("big", quota=Q(10, 30), strict=True) as big:
+            assert big.grant == G(10, 10)
+
+
+async def test_strict_min_is_kept_when_others_enrol() -> None:
+    grants: list[cm.Grant] = []
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(5, 10)) as mgr,
+        mgr.enroll("a", quota=Q(8, 10), strict=True, on_grant=grants.append) as a,
+    ):
+        async with (
+            mgr.enroll("b", quota=Q(8, 10)) as b,
+            mgr.enroll("c", quota=Q.share(0.5, 1)) as c,
+        ):
+            assert (a.grant, b.grant, c.grant) == (G(8, 10), G(1, 10), G(1, 10))
+        assert a.grant == G(8, 10)
+        assert grants == [G(8, 10)]  # told once, on admission; never changed
+        # Nor does a strict newcomer take any of it, even one that rounding
+        # would give its whole min (8 and 3 into 10: 7.27 and 2.73 -> 7 and 3).
+        with pytest.raises(cm.QuotaDenied) as info:
+            async with mgr.enroll("d", quota=Q(3, 3), strict=True):
+                pytest.fail("accepted")  # pragma: no cover
+        assert info.value.offer == G(2, 3)
+        assert a.grant == G(8, 10)
+
+
+def test_strict_mins_scale_among_themselves_when_the_share_shrinks() -> None:
+    quotas = [Q(6, 10), Q(6, 10), Q(3, 10)]
+    assert allocate(10, quotas, [True, False, True]) == [G(6, 10), G(1, 10), G(3, 10)]
+    # G shrinks below the strict mins: they share it, the others get none.
+    assert allocate(6, quotas, [True, False, True]) == [G(4, 6), G(0, 6), G(2, 6)]
+    # Without flags (or all False): proportional, as before.
+    assert (
+        allocate(10, quotas)
+        == allocate(10, quotas, [False] * 3)
+        == [
+            G(4, 10),
+            G(4, 10),
+            G(2, 10),
+        ]
+    )
 
 
 async def test_strict_relative_quota_denied() -> None:
     async with (
         cm.open_connection_manager(limits=cm.Limits(5, 10)) as mgr,
-        mgr.enroll("a", quota=Q.share(0.8, 1)),
+        mgr.enroll("a", quota=Q.share(0.8, 1), strict=True),
     ):
         with pytest.raises(cm.QuotaDenied) as info:
             async with mgr.enroll("b", quota=Q.share(0.5, 0.5), strict=True):
                 pytest.fail("accepted")  # pragma: no cover
-        # 8 and 5 into 10: 6.15 and 3.85 -> 6 and 4.
-        assert info.value.offer == G(4, 5)
+        # Without strict, b gets what a's 8 leave of 10.
+        assert info.value.offer == G(2, 5)
 
 
 async def test_regrant_on_enrol_and_leave() -> None:

@@ -138,17 +138,32 @@ class CoreMachine(RuleBasedStateMachine):
             with pytest.raises(cm.ConfigError, match=name):
                 state.enrol(member)
         else:
-            requested = quota.resolve(state.share)[0]
-            offer = allocate(state.share, [*(m.quota for m in self.active.values()), quota])[-1]
-            if strict and offer.min < requested:
+            share = state.share
+            requested = quota.resolve(share)[0]
+            others = list(self.active.values())
+            quotas = [*(m.quota for m in others), quota]
+            flags = [*(m.strict for m in others), strict]
+            # Strict mins are reserved first: a strict newcomer is denied unless
+            # its whole min fits in what the strict ones already hold leaves.
+            firm = sum(m.quota.resolve(share)[0] for m in others if m.strict)
+            if strict and quota._wanted_min(share) > max(0, share - firm):
                 with pytest.raises(cm.QuotaDenied) as info:
                     state.enrol(member)
-                assert info.value.offer == offer
+                # The offer: what it would get without strict.
+                assert info.value.offer == allocate(share, quotas, flags[:-1])[-1]
+                assert info.value.offer.min < quota._wanted_min(share)
             else:
                 state.enrol(member)
                 self.active[name] = member
-                assert member.grant == offer
+                assert member.grant == allocate(share, quotas, flags)[-1]
                 assert member.grant.min <= requested
+                if strict:
+                    assert member.grant.min == quota._wanted_min(share)
+                if firm + (requested if strict else 0) <= share:
+                    # No strict enrollment lost any of its min.
+                    for m in others:
+                        if m.strict:
+                            assert m.grant.min == grants[m].min == m.quota.resolve(share)[0]
                 return member
         # Refused: nothing changed.
         assert {m: m.grant for m in self.active.values()} == grants

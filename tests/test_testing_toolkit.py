@@ -617,7 +617,7 @@ async def test_run_workload_applies_every_kind_of_operation(autojump_clock: obje
     workload = [
         w.Enrol(0, cm.Quota(1, 2), ConstantScorer(0.5)),
         w.Enrol(0, cm.Quota(0, 9)),  # already enrolled: skipped
-        w.Enrol(1, cm.Quota(5, 5), strict=True),  # min 5 > G - 1: refused
+        w.Enrol(1, cm.Quota(6, 6), strict=True),  # min 6 > G = 5: refused
         w.Enrol(2, cm.Quota.share(0.1, 0.5), weight=2.0),
         w.Connect(count=4),
         w.Connect(direction="outbound", tracked=True, close_delay=0.5),

@@ -170,15 +170,21 @@ class Quota:
         Relative: ``min = ceil(fmin*G)``, ``max = max(min, floor(fmax*G))``; both
         forms are capped at ``G``.
         """
+        lo = min(self._wanted_min(share), share)
+        if self.relative:
+            hi = max(lo, min(math.floor(round(self.max * share, 9)), share))
+        else:
+            hi = max(lo, min(int(self.max), share))
+        return lo, hi
+
+    def _wanted_min(self, share: int) -> int:
+        """The min asked for against the global share, in connections, not capped
+        at ``G`` (what a ``strict`` enrollment insists on)."""
         if self.relative:
             # Round away binary noise first: 0.07 * 100 is 7.000000000000001 and
             # 0.29 * 100 is 28.999999999999996, whose ceil/floor would be off by one.
-            lo = min(math.ceil(round(self.min * share, 9)), share)
-            hi = max(lo, min(math.floor(round(self.max * share, 9)), share))
-        else:
-            lo = min(int(self.min), share)
-            hi = max(lo, min(int(self.max), share))
-        return lo, hi
+            return math.ceil(round(self.min * share, 9))
+        return int(self.min)
 
 
 @final

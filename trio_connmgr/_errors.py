@@ -53,7 +53,7 @@ class QuotaDenied(ConnMgrError):
     """A ``strict`` enrollment could not get the quota it asked for.
 
     Attributes:
-        offer: The :class:`Grant` the manager would have accepted instead.
+        offer: The :class:`Grant` the enrollment would get without ``strict``.
     """
 
     def __init__(self, name: str, offer: Grant) -> None:

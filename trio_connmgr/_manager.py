@@ -487,7 +487,11 @@ class ConnectionManager:
 
         Raises:
             ConfigError: empty or duplicate ``name``, bad ``quota``, ``weight`` or ``scorer``.
-            QuotaDenied: ``strict=True`` and the min cannot be granted in full.
+            QuotaDenied: ``strict=True`` and the min cannot be granted in full:
+                it is above ``G``, or more than the other strict enrollments'
+                mins leave. A strict enrollment's min is reserved before the
+                others', so enrollments that come later do not reduce it (only
+                ``G`` shrinking below the strict mins together does).
             ManagerClosed: the manager is closed.
         """
         if not isinstance(name, str) or not name:

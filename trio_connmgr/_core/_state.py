@@ -615,19 +615,26 @@ class State:
 
         Raises:
             ConfigError: duplicate name.
-            QuotaDenied: ``member.strict`` and its min would be scaled down.
+            QuotaDenied: ``member.strict`` and its min cannot be granted in full
+                (above ``G``, or more than the other strict enrollments leave);
+                its ``offer`` is what the enrollment would get without ``strict``.
         """
         if self.closed:
             raise ManagerClosed("the connection manager is closed")
         if member.name in self.members:
             raise ConfigError(f"enroll name {member.name!r} is already enrolled")
+        share = self.share
         members = [*self.members.values(), member]
-        grants = allocate(self.share, [m.quota for m in members])
-        offer = grants[-1]
-        if member.strict and offer.min < member.quota.resolve(self.share)[0]:
-            raise QuotaDenied(member.name, offer)
+        quotas = [m.quota for m in members]
+        strict = [m.strict for m in members]
+        if member.strict:
+            # What the strict enrollments already hold is theirs (not a
+            # proportional cut of it, which rounding could hand the newcomer).
+            firm = sum(m.quota.resolve(share)[0] for m in members[:-1] if m.strict)
+            if member.quota._wanted_min(share) > max(0, share - firm):
+                raise QuotaDenied(member.name, allocate(share, quotas, strict[:-1])[-1])
         self.members[member.name] = member
-        return self.regrant(grants)
+        return self.regrant(allocate(share, quotas, strict))
 
     def leave(self, member: EnrollmentState) -> list[EnrollmentState]:
         """Remove an enrollment: close its streams, end its locks, return its quota."""
@@ -650,7 +657,7 @@ class State:
         """Recompute every grant; notify and return those that changed."""
         members = list(self.members.values())
         if grants is None:
-            grants = allocate(self.share, [m.quota for m in members])
+            grants = allocate(self.share, [m.quota for m in members], [m.strict for m in members])
         changed = []
         for member, grant in zip(members, grants, strict=True):
             if grant != member.grant:

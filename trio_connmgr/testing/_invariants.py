@@ -202,7 +202,7 @@ def _check_grants(state: State, problems: list[str]) -> None:
             )
     if total > share:
         problems.append(f"the grant mins add up to {total} > G={share} (invariant 5)")
-    expected = allocate(share, [m.quota for m in members])
+    expected = allocate(share, [m.quota for m in members], [m.strict for m in members])
     for member, grant in zip(members, expected, strict=True):
         if member.grant != grant:
             problems.append(
