@@ -247,6 +247,18 @@ async def test_client_reports_dials_and_is_pruned_quietly() -> None:
     assert all(latency is not None and latency >= 0 for _, latency in recorder.dials)
 
 
+async def test_a_bad_dial_argument_is_not_reported_as_a_failed_dial() -> None:
+    recorder = DialRecorder()
+    async with cm.open_connection_manager(
+        limits=cm.Limits(low=1, high=2), triggers=[recorder]
+    ) as mgr:
+        with pytest.raises(TypeError):
+            async with open_tcp_connection(mgr, "127.0.0.1", None):  # type: ignore[arg-type]
+                pytest.fail("dialled without a port")  # pragma: no cover
+        assert recorder.dials == []
+        assert mgr.statistics().connections == 0
+
+
 async def test_a_cancelled_handler_task_is_not_admitted() -> None:
     # serve_tcp skips the schedule point before admission (the task has just
     # started), but a handler task whose nursery is being cancelled must not be

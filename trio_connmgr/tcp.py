@@ -160,7 +160,8 @@ async def open_tcp_connection(
     reports the outcome and its latency (on the manager's clock) to
     :meth:`ConnectionManager.report_dial`, then counts the outbound connection and
     yields ``(stream, conn)``. A failed dial is reported and its ``OSError``
-    propagates; a cancelled dial is not reported.
+    propagates; a cancelled dial is not reported, nor is a bad argument (its
+    ``TypeError`` or ``ValueError`` from :func:`trio.open_tcp_stream` propagates).
 
     The block runs inside the connection's cancel scope: if the manager prunes
     the connection, the block is cancelled and exits quietly (check
@@ -185,7 +186,9 @@ async def open_tcp_connection(
     started = trio.current_time()
     try:
         stream = await trio.open_tcp_stream(host, port)
-    except Exception:
+    except OSError:
+        # A failed dial (refused, unreachable, no such host). A TypeError or
+        # ValueError from a bad argument is the caller's bug, not the network's.
         manager.report_dial(key, ok=False, latency=trio.current_time() - started)
         raise
     try:
