@@ -365,6 +365,29 @@ async def test_close_that_raises_is_counted_and_logged(
     assert any("close()" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_plain_function_as_close_is_called_counted_and_explained(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = 0
+
+    def close() -> None:  # e.g. close=sock.close instead of an async aclose
+        nonlocal calls
+        calls += 1
+
+    with caplog.at_level(logging.ERROR, logger="trio_connmgr"):
+        async with open_manager() as mgr:
+            conn = mgr.track("p", direction="outbound", close=close)  # type: ignore[arg-type]
+            mgr._prune(conn, reason())
+            await trio.testing.wait_all_tasks_blocked()
+            assert mgr.statistics().close_errors == 1
+    assert calls == 1
+    [record] = [r for r in caplog.records if r.exc_info]
+    assert record.exc_info is not None
+    assert "returned None, not an awaitable: track(close=...) takes an async function" in str(
+        record.exc_info[1]
+    )
+
+
 async def test_a_close_cut_off_with_an_error_of_its_own_is_counted_not_raised(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -7,6 +7,7 @@ Everything that decides lives in ``_core``; this module applies decisions.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
@@ -195,7 +196,15 @@ class _Closer:
         """
         manager = self._manager
         try:
-            await self._close()
+            closing = self._close()
+            if not inspect.isawaitable(closing):
+                # It ran (a plain function): say what went wrong, not just that
+                # None cannot be awaited.
+                raise TypeError(
+                    f"close() returned {closing!r}, not an awaitable: track(close=...) "
+                    "takes an async function, such as stream.aclose"
+                )
+            await closing
         except BaseException as exc:
             # Split off the cancellation (the batch's scope is shielded: only its
             # deadline cancels a close), which a close using a nursery may raise
@@ -444,8 +453,15 @@ class ConnectionManager:
         transport calls ``conn.release()`` when the connection ends by itself
         (``close()`` is then not called). Raises :class:`ConnectionRefused` on
         admission failure.
+
+        ``close`` is an async function (such as ``stream.aclose``) or any callable
+        returning an awaitable. A plain function (``sock.close``) is called all
+        the same, then logged and counted in ``close_errors`` as a ``TypeError``.
+        An error raised by ``close()`` is logged and counted too.
         """
         if not callable(close):
+            # (Whether it is async shows only when it is called: a plain function
+            # may return an awaitable. One that does not is logged and counted.)
             raise ConfigError(f"track close must be an async callable, got {close!r}")
         closer = _Closer(self, close)
         conn = self._admit(peer, parse_direction(direction), address, closer)
