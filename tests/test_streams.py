@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import trio
 import trio.testing
@@ -77,6 +79,14 @@ async def test_touch_and_metadata(autojump_clock: trio.testing.MockClock) -> Non
         assert stream.last_active == trio.current_time() == conn.last_active
         assert stream.idle_time == 0
         await trio.sleep(2)
+        assert stream.idle_time == pytest.approx(2)
+        # nbytes is a count of bytes: anything else is refused and changes nothing.
+        for bad in (-100, 2.5, 0.0, None, True, b"data"):
+            with pytest.raises(
+                cm.ConfigError, match=r"touch nbytes must be .*" + re.escape(repr(bad))
+            ):
+                stream.touch(bad)  # type: ignore[arg-type]
+        assert stream.nbytes == 150
         assert stream.idle_time == pytest.approx(2)
         stream.close()
 

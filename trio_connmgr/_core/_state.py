@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, final
 
 import attrs
 
-from .._config import Direction, Grant, Limits, Quota
+from .._config import Direction, Grant, Limits, Quota, check_count
 from .._errors import ConfigError, LockDenied, ManagerClosed, QuotaDenied, ResourceClosed
 from . import _events as ev
 from ._quota import allocate
@@ -174,12 +174,20 @@ class Stream:
         return now - self.last_active
 
     def touch(self, nbytes: int = 0) -> None:
-        """Record activity (and ``nbytes`` transferred) for scorers. Synchronous, cheap."""
+        """Record activity (and ``nbytes`` transferred) for scorers. Synchronous, cheap.
+
+        Raises:
+            ConfigError: ``nbytes`` is not a non-negative integer (pass ``len(data)``).
+        """
+        if nbytes:
+            if type(nbytes) is not int or nbytes < 0:
+                check_count("touch nbytes", nbytes, allow_zero=True)
+            self.nbytes += nbytes
+        elif type(nbytes) is not int:
+            check_count("touch nbytes", nbytes, allow_zero=True)
         now = self._member._state.clock()
         self.last_active = now
         self.connection.last_active = now
-        if nbytes:
-            self.nbytes += nbytes
 
     def close(self) -> None:
         """Close the stream: it stops counting for its protocol. Synchronous, idempotent.
