@@ -5,8 +5,12 @@ Run it: ``.venv/bin/python examples/libp2p_node.py`` (a few seconds; needs the
 
 The node allows ``Limits(low=2, high=3)`` and enrolls a chat protocol. Five
 peers connect and chat; the node locks the first peer's stream. When the grace
-period ends, the regulator prunes the node back to ``low``: the pruned peers see
-the disconnection, the locked one stays.
+period ends, the regulator prunes the node back under ``high``: the pruned peers
+see the disconnection, the locked one stays. It ends at ``low`` (2) when every
+connection has left its grace period by the round, at ``high`` (3) when the
+round comes between two of their grace periods' ends (the connections open
+milliseconds apart) and spares the one still in its grace: regulation starts
+only above ``high``.
 """
 
 from __future__ import annotations
