@@ -296,7 +296,11 @@ async def test_a_stream_opened_while_a_round_yields_keeps_its_protocol_at_min() 
         assert first.streams == set()
         assert not set(conns[-2:]) & set(pruned)
         assert p.usage == p.grant.min == 2
-        assert len(pruned) == 89  # one short: the next round takes it
+        # One victim short as it applied: the round planned again for it.
+        assert len(pruned) == 90
+        # Ranks stay distinct: the skipped rank 2 (p's connection) is not reused.
+        ranks = [c.prune_reason.rank for c in pruned if c.prune_reason]
+        assert sorted(ranks) == [1, *range(3, 92)]
 
 
 async def test_failures_outside_the_window_are_forgiven(

@@ -33,6 +33,8 @@ APPLY_CHUNK = 256
 """Victims whose scopes are cancelled between two checkpoints."""
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
+REFILLS = 2
+"""Times a round plans again for victims it had to skip as it applied."""
 IDLE_RETRY = 1.0
 """After a round that could not reach its target, wait at least this long (or for a
 poke) before trying again, so unprunable connections cannot make it spin."""
@@ -269,42 +271,28 @@ class Regulator:
                         revoked += state.end_lock(lock, "revoked")
             if revoked or (forced and plan.shortfall):
                 plan = await drive(plan_round(state, now, trigger=trigger, forced=forced))
+            phases: dict[Phase, int] = {}
+            pruned, skipped = await self._apply(plan, now, phases, collect, 0)
+            # A victim skipped as the round applied (locked, protected or needed
+            # for a grant.min meanwhile) leaves the round short while others may
+            # be prunable: plan the rest, a bounded number of times.
+            refills = 0
+            ranked = len(plan.connections)  # ranks given so far
+            while skipped and refills < REFILLS and state.count > state.low:
+                refills += 1
+                now = trio.current_time()
+                plan = await drive(
+                    plan_round(
+                        state, now, target=state.count - state.low, trigger=trigger, forced=forced
+                    )
+                )
+                more, skipped = await self._apply(plan, now, phases, collect, ranked)
+                ranked += len(plan.connections)
+                pruned += more
             shortfall = plan.shortfall
             grace_ends = plan.grace_ends
             unprunable = sum(plan.excluded.values()) + len(plan.min_blocked)
-            # Apply in chunks and let go of each chunk as it is done: a round that
-            # prunes 50,000 connections must not free them all in one step either.
-            # The plan's own lists, each chunk overwritten with None once applied.
-            victims = cast("list[Connection | None]", plan.connections)
-            reasons = cast("list[PruneReason | None]", plan.reasons)
             del plan
-            pruned = 0
-            phases: dict[Phase, int] = {}
-            debug = logger.isEnabledFor(logging.DEBUG)
-            prune = self._manager._prune
-            for start in range(0, len(victims), APPLY_CHUNK):
-                if start:
-                    await trio.lowlevel.checkpoint()
-                stop = min(start + APPLY_CHUNK, len(victims))
-                for victim, reason in zip(victims[start:stop], reasons[start:stop], strict=True):
-                    assert victim is not None
-                    assert reason is not None
-                    # Checkpoints let other tasks run: a victim may have closed,
-                    # been locked or protected since planning, or carry a stream
-                    # of a protocol it did not carry then. Usage now is the truth.
-                    if exclusion(state, victim, now) is not None:
-                        continue
-                    if not reason.forced and below_min(victim):
-                        continue
-                    prune(victim, reason)
-                    pruned += 1
-                    if collect is not None:
-                        collect.append(victim)
-                    phases[reason.phase] = phases.get(reason.phase, 0) + 1
-                    if debug:
-                        logger.debug("pruned %r: %s", victim, reason)
-                victims[start:stop] = [None] * (stop - start)
-                reasons[start:stop] = [None] * (stop - start)
             by_phase = {phase.value: n for phase, n in phases.items()}
             end = trio.current_time()
             duration = time.perf_counter() - started
@@ -324,6 +312,57 @@ class Regulator:
             else:
                 self._stuck_until = -math.inf
             return pruned
+
+    async def _apply(
+        self,
+        plan: Plan,
+        now: float,
+        phases: dict[Phase, int],
+        collect: list[Connection] | None,
+        ranked: int,
+    ) -> tuple[int, int]:
+        """Prune ``plan``'s victims that are still prunable; return how many it
+        pruned and how many it skipped though still open.
+
+        ``ranked``: ranks this round already gave (the plan's ranks follow them).
+        """
+        state = self._state
+        # Apply in chunks and let go of each chunk as it is done: a round that
+        # prunes 50,000 connections must not free them all in one step either.
+        # The plan's own lists, each chunk overwritten with None once applied.
+        victims = cast("list[Connection | None]", plan.connections)
+        reasons = cast("list[PruneReason | None]", plan.reasons)
+        del plan
+        pruned = skipped = 0
+        debug = logger.isEnabledFor(logging.DEBUG)
+        prune = self._manager._prune
+        for start in range(0, len(victims), APPLY_CHUNK):
+            if start:
+                await trio.lowlevel.checkpoint()
+            stop = min(start + APPLY_CHUNK, len(victims))
+            for victim, reason in zip(victims[start:stop], reasons[start:stop], strict=True):
+                assert victim is not None
+                assert reason is not None
+                # Checkpoints let other tasks run: a victim may have closed,
+                # been locked or protected since planning, or carry a stream
+                # of a protocol it did not carry then. Usage now is the truth.
+                why = exclusion(state, victim, now)
+                if why is not None or (not reason.forced and below_min(victim)):
+                    if why != "closed":
+                        skipped += 1
+                    continue
+                if ranked:
+                    reason = reason._replace(rank=reason.rank + ranked)
+                prune(victim, reason)
+                pruned += 1
+                if collect is not None:
+                    collect.append(victim)
+                phases[reason.phase] = phases.get(reason.phase, 0) + 1
+                if debug:
+                    logger.debug("pruned %r: %s", victim, reason)
+            victims[start:stop] = [None] * (stop - start)
+            reasons[start:stop] = [None] * (stop - start)
+        return pruned, skipped
 
     def _record(
         self,
