@@ -128,6 +128,67 @@ async def test_silence_period_between_rounds(autojump_clock: trio.testing.MockCl
         assert mgr.statistics().rounds.last_at == pytest.approx(10.0)
 
 
+async def test_reaching_hard_skips_the_silence_period(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with cm.open_connection_manager(
+        limits=cm.Limits(1, 2, hard=4), grace_period=0, silence_period=100.0
+    ) as mgr:
+        for i in range(3):
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().connections == 1  # a round at t=0: silence until 100
+        await trio.sleep(1)
+        for i in range(3, 5):
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().connections == 3  # above high, in the silence period
+        mgr.track(5, direction="outbound", close=trio.lowlevel.checkpoint)  # at hard
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().connections == 1
+        assert mgr.statistics().rounds.last_at == pytest.approx(1.0)
+
+
+async def test_at_hard_a_round_runs_even_if_no_trigger_fires(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # With hard == high, the count at hard is not above high: HighWater does
+    # not fire, but being at hard is an emergency of its own.
+    async with cm.open_connection_manager(
+        limits=cm.Limits(1, 3, hard=3), grace_period=0, silence_period=100.0
+    ) as mgr:
+        for i in range(3):
+            mgr.track(i, direction="outbound", close=trio.lowlevel.checkpoint)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().connections == 1
+        assert mgr.statistics().rounds.last_trigger == "hard"
+
+
+async def test_a_trigger_that_always_fires_does_not_spin_at_low(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Always(cm.triggers.Trigger):
+        name = "always"
+        checks = 0
+
+        def check(self, view: cm.triggers.TriggerView, now: float) -> bool:
+            self.checks += 1
+            return True
+
+    always = Always()
+    async with cm.open_connection_manager(
+        limits=cm.Limits(2, 4), grace_period=0, silence_period=0, triggers=[always]
+    ) as mgr:
+        mgr.track("p", direction="inbound", close=trio.lowlevel.checkpoint)
+        with trio.move_on_after(60):
+            await trio.sleep_forever()
+        # At or below low a round can do nothing: the regulator waits for a
+        # change instead of running round after round at one instant.
+        assert mgr.statistics().rounds.count <= 2
+        assert always.checks <= 3
+        assert mgr.statistics().connections == 1
+
+
 async def test_raising_scorer_does_not_stop_regulation(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -301,6 +362,55 @@ async def test_a_stream_opened_while_a_round_yields_keeps_its_protocol_at_min() 
         # Ranks stay distinct: the skipped rank 2 (p's connection) is not reused.
         ranks = [c.prune_reason.rank for c in pruned if c.prune_reason]
         assert sorted(ranks) == [1, *range(3, 92)]
+
+
+async def test_a_victim_locked_or_protected_while_a_round_yields_is_spared() -> None:
+    # As above, but the task locks one planned victim and protects another
+    # while the round plans: the round checks each victim again as it applies
+    # (invariant 2) and takes others in their place.
+    scored = trio.Event()
+    spared = trio.Event()
+
+    def scorer(stream: cm.Stream) -> float:
+        scored.set()
+        return float(stream.metadata["score"])
+
+    async def noop() -> None:
+        pass
+
+    # Entering the lock checkpoints: enough chunks for it to land while planning.
+    n = 5 * CHUNK + 66
+    async with (
+        cm.open_connection_manager(
+            limits=cm.Limits(n - 90, n + 10), grace_period=0, silence_period=1e6
+        ) as mgr,
+        mgr.enroll("p", quota=cm.Quota(0, n), scorer=scorer) as p,
+    ):
+        conns = [mgr.track(f"peer-{i}", direction="outbound", close=noop) for i in range(n)]
+        streams = [p.track_stream(conn) for conn in conns]
+        for i, stream in enumerate(streams):
+            stream.metadata["score"] = 0.1 if i < 2 else 0.9  # the first two go first
+        locked, protected = conns[:2]
+
+        async def lock_and_protect(task_status: trio.TaskStatus[None]) -> None:
+            task_status.started()
+            await scored.wait()
+            mgr.protect(protected.peer, "keep")
+            async with p.lock(streams[0], ttl=60):
+                spared.set()
+                await trio.sleep_forever()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lock_and_protect)
+            pruned = await mgr.trim()
+            assert spared.is_set()  # (during the round, not after it)
+            assert locked not in pruned
+            assert not locked.closed
+            assert protected not in pruned
+            assert not protected.closed
+            assert len(pruned) == 90  # others in their place
+            assert mgr.statistics().connections == n - 90
+            nursery.cancel_scope.cancel()
 
 
 async def test_failures_outside_the_window_are_forgiven(

@@ -324,7 +324,9 @@ class ConnectionManager:
         try:
             if admission is not None and direction is _INBOUND:
                 admission.admitted(conn)
-            wake = len(state.connections) > state.high
+            count = len(state.connections)
+            # Above high, or at hard (an emergency even where hard == high).
+            wake = count > state.high or (state.hard is not None and count >= state.hard)
             if self._open_hooks:
                 now = conn.opened_at
                 for trigger in self._open_hooks:
