@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -120,6 +121,19 @@ async def test_importing_and_collecting_never_touch_the_global_registry() -> Non
         assert ours(registry) == []
         Collector(mgr, None)  # not registered anywhere
         assert ours(REGISTRY) == []
+
+
+async def test_connections_are_labelled_by_direction() -> None:
+    async with cm.open_connection_manager(limits=cm.Limits(5, 10)) as mgr:
+        for i in range(3):
+            mgr.track(f"in-{i}", direction="inbound", close=trio.lowlevel.checkpoint)
+        mgr.track("out", direction="outbound", close=trio.lowlevel.checkpoint)
+        registry = CollectorRegistry()
+        Collector(mgr, registry)
+        inbound = {"direction": "inbound"}
+        outbound = {"direction": "outbound"}
+        assert registry.get_sample_value("trio_connmgr_connections", inbound) == 3
+        assert registry.get_sample_value("trio_connmgr_connections", outbound) == 1
 
 
 async def test_a_real_scrape_matches_statistics() -> None:

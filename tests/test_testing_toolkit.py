@@ -503,6 +503,15 @@ async def test_check_invariants_judges_the_last_round(autojump_clock: object) ->
             check_invariants(mgr, last_round=result)
         with pytest.raises(AssertionError, match="reported pruned by round 1 but is open"):
             check_invariants(mgr, last_round=RoundResult((conns[5],), completed(victims=1)))
+        # A pruned connection still holding a stream (invariant 7): fake it.
+        async with mgr.enroll("x", quota=cm.Quota(0, 1)) as x:
+            stray = x.track_stream(conns[5])
+            conns[4].streams.add(stray)
+            with pytest.raises(
+                AssertionError, match=r"pruned connection #\d+ still has 1 open stream\(s\)"
+            ):
+                check_invariants(mgr, last_round=RoundResult((conns[4],), completed(victims=1)))
+            conns[4].streams.discard(stray)
 
 
 async def test_forced_round_takes_a_burst_only_connection_last(autojump_clock: object) -> None:
