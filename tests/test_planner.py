@@ -489,7 +489,9 @@ def test_a_scorer_that_closes_streams_does_not_break_the_round() -> None:
 
 def test_tally_ties_do_not_depend_on_the_order_of_the_streams() -> None:
     # 0.1 + 0.2 + 0.3 differs from 0.3 + 0.2 + 0.1 in the last bit: the same
-    # protocols and scores must still tie, and the tie rule decide.
+    # protocols and scores must still tie, and the tie rule decide. (The order
+    # the planner adds them in is the order of a set: this one may not
+    # exercise the rule. The next test does, whatever the order.)
     for order in itertools.permutations(range(3)):
         core = Core(1, 100)
         members = [core.member(f"p{i}", weight=w) for i, w in enumerate((0.1, 0.2, 0.3))]
@@ -500,6 +502,23 @@ def test_tally_ties_do_not_depend_on_the_order_of_the_streams() -> None:
                 core.stream(members[i], conn, score=1.0)
         plan = core.plan(target=2)
         assert victim_ids(plan) == [new_inbound.id, old_outbound.id], order
+
+
+def test_tallies_equal_but_for_rounding_tie() -> None:
+    # 0.1 + 0.2 is 0.30000000000000004 in any order, one bit above 0.3: the
+    # tallies are equal but for rounding, so the tie rule decides (inbound
+    # and newest first), not the last bit.
+    assert 0.1 + 0.2 > 0.3
+    core = Core(1, 100)
+    p0, p1, p2 = (core.member(f"p{i}", weight=w) for i, w in enumerate((0.1, 0.2, 0.3)))
+    old_outbound = core.conn(direction=OUTBOUND, at=1.0)
+    new_inbound = core.conn(direction=INBOUND, at=5.0)
+    core.stream(p2, old_outbound, score=1.0)
+    core.stream(p0, new_inbound, score=1.0)
+    core.stream(p1, new_inbound, score=1.0)
+    plan = core.plan(target=2)
+    assert [r.tally for r in plan.reasons] == [0.1 + 0.2, 0.3]
+    assert victim_ids(plan) == [new_inbound.id, old_outbound.id]
 
 
 def test_phase_tally_ties_inbound_first_then_newest() -> None:
