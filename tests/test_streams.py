@@ -88,7 +88,10 @@ async def test_touch_and_metadata(autojump_clock: trio.testing.MockClock) -> Non
                 stream.touch(bad)  # type: ignore[arg-type]
         assert stream.nbytes == 150
         assert stream.idle_time == pytest.approx(2)
+        # Closing a stream is activity on its connection (the idle phase's order).
+        await trio.sleep(3)
         stream.close()
+        assert conn.last_active == trio.current_time() != stream.last_active
 
 
 async def test_streams_on_closed_connections_and_left_enrollments() -> None:

@@ -43,6 +43,12 @@ def test_spike_counts_openings_within_the_window() -> None:
     assert not spike.check(VIEW, 5.0)
     # Spread-out openings never make a spike.
     assert not any(spike.connection_opened(10.0 + 0.5 * i) for i in range(10))
+    # A round starts the count afresh, even within the window: the openings
+    # before it do not add up with those after it; four after it do.
+    assert [spike.connection_opened(t) for t in (20.0, 20.1, 20.2, 20.3)][-1] is True
+    spike.round_completed(20.35)
+    assert [spike.connection_opened(t) for t in (20.4, 20.5, 20.6)] == [False] * 3
+    assert spike.connection_opened(20.7) is True
 
 
 def test_failed_dials_ratio_window_and_minimum() -> None:
