@@ -144,6 +144,27 @@ async def test_kept_for_a_grant_min(autojump_clock: trio.testing.MockClock) -> N
         assert await mgr.trim() == [conns[2]]
 
 
+async def test_kept_for_a_grant_min_names_only_the_protocols_at_their_min(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_manager() as mgr,
+        mgr.enroll("kad", quota=cm.Quota(2, 5)) as kad,
+        mgr.enroll("ping", quota=cm.Quota(0, 5)) as ping,
+    ):
+        conns = [mgr.track(f"p{i}", direction="outbound", close=noop_close) for i in range(3)]
+        for conn in conns:
+            kad.track_stream(conn)
+        for conn in conns[:2]:
+            ping.track_stream(conn)  # higher tallies: conns[2] goes first
+        why = [mgr.explain(conn) for conn in conns]
+        assert [w.would_prune for w in why] == [False, False, True]
+        for kept in why[:2]:
+            # Taking conns[2] leaves kad at its min; ping has room to spare.
+            assert kept.min_blocked_by == ("kad",)
+            assert "would take kad below grant.min" in kept.text
+
+
 async def test_doomed_by_each_phase_matches_the_round(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

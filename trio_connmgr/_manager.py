@@ -684,9 +684,15 @@ class ConnectionManager:
                     break
             min_blocked = any(c is conn for c in plan.min_blocked)
             if min_blocked:
+                # The protocols the plan's victims leave at (or below) their
+                # grant.min: usage only falls as a plan takes victims.
+                taken: dict[object, int] = {}
+                for victim in plan.connections:
+                    for m in victim._protocols:
+                        taken[m] = taken.get(m, 0) + 1
                 members = conn._protocols
                 blocked_by = tuple(
-                    sorted(m.name for m in members if m.usage - 1 < m.grant.min)
+                    sorted(m.name for m in members if m.usage - taken.get(m, 0) <= m.grant.min)
                 ) or tuple(sorted(m.name for m in members))
         head = f"connection #{conn.id} ({conn.direction.value}, peer {conn.peer!r})"
         if why == "closed":
