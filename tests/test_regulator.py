@@ -149,19 +149,33 @@ async def test_reaching_hard_skips_the_silence_period(
         assert mgr.statistics().rounds.last_at == pytest.approx(1.0)
 
 
-async def test_at_hard_a_round_runs_even_if_no_trigger_fires(
+async def test_at_hard_equal_to_high_regulation_waits_for_above_high(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # With hard == high, the count at hard is not above high: HighWater does
-    # not fire, but being at hard is an emergency of its own.
+    # With hard == high the count at hard is not above high: no round, whatever
+    # wakes the regulator (here a timed trigger), and newcomers are refused or
+    # evict (SPEC §10). One more outbound connection is above high: a round.
     async with cm.open_connection_manager(
-        limits=cm.Limits(1, 3, hard=3), grace_period=0, silence_period=100.0
+        limits=cm.Limits(1, 3, hard=3),
+        grace_period=0,
+        silence_period=0,
+        triggers=[cm.triggers.Interval(1.0)],
     ) as mgr:
         for i in range(3):
             mgr.track(i, direction="outbound", close=trio.lowlevel.checkpoint)
+        await trio.sleep(0.5)
+        assert mgr.statistics().connections == 3
+        assert mgr.statistics().rounds.count == 0
+        await trio.sleep(1)  # the interval's round: it prunes down to low
+        assert mgr.statistics().rounds.last_trigger == "interval"
+        for i in range(3, 5):
+            mgr.track(i, direction="outbound", close=trio.lowlevel.checkpoint)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().connections == 3  # at hard == high: nothing due
+        mgr.track(5, direction="outbound", close=trio.lowlevel.checkpoint)
         await trio.testing.wait_all_tasks_blocked()
         assert mgr.statistics().connections == 1
-        assert mgr.statistics().rounds.last_trigger == "hard"
+        assert mgr.statistics().rounds.last_trigger == "high-water"
 
 
 async def test_a_trigger_that_always_fires_does_not_spin_at_low(

@@ -324,9 +324,7 @@ class ConnectionManager:
         try:
             if admission is not None and direction is _INBOUND:
                 admission.admitted(conn)
-            count = len(state.connections)
-            # Above high, or at hard (an emergency even where hard == high).
-            wake = count > state.high or (state.hard is not None and count >= state.hard)
+            wake = len(state.connections) > state.high
             if self._open_hooks:
                 now = conn.opened_at
                 for trigger in self._open_hooks:

@@ -161,8 +161,9 @@ class Regulator:
         for trigger in self.triggers:
             if trigger.check(view, now):
                 return trigger.name, now
-        if self._at_hard() and view.count > view.low:
-            return "hard", now
+        # (No round for the count at hard alone: regulation starts above high.
+        # Where hard == high, the count at hard is not above it; HighWater fires
+        # once it is, and being at hard then makes the round an emergency.)
         wake = min((t.next_check(now) for t in self.triggers), default=math.inf)
         return None, wake
 
