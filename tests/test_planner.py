@@ -364,11 +364,29 @@ def test_phase_burst_ends_after_linger() -> None:
     core.stream(dht, cheap, score=0.2)
     core.state.close_burst(burst)
     core.now += 10.0
+    core.state.forget_bursts(core.now)  # as the regulator does: not yet (inclusive)
     assert core.plan().victims[0].reason.phase is Phase.BURST
     core.now += 0.5
     plan = core.plan()
     assert [v.reason.phase for v in plan.victims] == [Phase.TALLY]
     assert victim_ids(plan) == [cheap.id]
+
+
+def test_a_burst_only_connection_without_streams_is_not_idle() -> None:
+    # Its streams have closed with the burst: still a burst-phase victim, ahead
+    # of an idle connection that has been quiet for longer.
+    core = Core(1, 3)
+    dht = core.member("dht")
+    idle = core.conn(at=10.0)
+    used = core.conn(at=50.0)
+    burst = core.burst(dht)
+    core.state.close_stream(core.stream(dht, used, burst=burst))
+    core.state.close_burst(burst)
+    plan = core.plan(target=2)
+    assert [(v.connection, v.reason.phase) for v in plan.victims] == [
+        (used, Phase.BURST),
+        (idle, Phase.IDLE),
+    ]
 
 
 def test_phase_idle_least_recently_active_first() -> None:
@@ -429,6 +447,22 @@ def test_burst_streams_do_not_make_an_offender() -> None:
     plan = core.plan(target=1)
     assert plan.victims[0].reason.phase is Phase.OFFENDER
     assert plan.victims[0].reason.protocol == "dht"
+
+
+def test_an_offender_gives_up_only_connections_it_uses_outside_bursts() -> None:
+    core = Core(1, 20)
+    dht = core.member("dht", cm.Quota(0, 2))
+    burst = core.burst(dht)
+    bursty = core.conn()
+    core.stream(dht, bursty, score=0.05, burst=burst)  # the cheapest, but burst-only
+    plain = [core.conn() for _ in range(3)]
+    for i, conn in enumerate(plain):
+        core.stream(dht, conn, score=0.5 + i / 10)
+    plan = core.plan(target=1)
+    # dht is over its max by its plain streams: one of those goes, not `bursty`.
+    assert [(v.connection, v.reason.phase, v.reason.protocol) for v in plan.victims] == [
+        (plain[0], Phase.OFFENDER, "dht")
+    ]
 
 
 def test_a_closed_bursts_streams_count_like_any_other() -> None:
