@@ -77,7 +77,11 @@ async def test_server_regulates_a_hundred_connections() -> None:
 
     async with (
         cm.open_connection_manager(
-            limits=cm.Limits(low=20, high=30), grace_period=1.0, silence_period=0.05
+            # A grace period long enough for every client to say its role and
+            # be locked or protected, even on a loaded machine.
+            limits=cm.Limits(low=20, high=30),
+            grace_period=3.0,
+            silence_period=0.05,
         ) as mgr,
         mgr.enroll("echo", quota=cm.Quota(0, 100)) as echo,
         mgr.subscribe() as events,
@@ -117,8 +121,8 @@ async def test_server_regulates_a_hundred_connections() -> None:
                     clients.start_soon(client, role, port)
                 with trio.fail_after(20):
                     await all_ready.wait()
-                    # Grace ends one second after each connection opened; the
-                    # regulator then prunes down to low.
+                    # Grace ends three seconds after each connection opened;
+                    # the regulator then prunes down to low.
                     if mgr.statistics().connections > 30:
                         async for event in events:
                             if isinstance(event, cm.RoundCompleted) and event.count_after <= 30:
