@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -327,31 +327,46 @@ async def test_a_body_error_from_a_nursery_during_the_stop_is_not_lost(
             await trio.sleep_forever()
 
 
+class ChunkedRound:
+    """A manager whose next round plans over several chunks: ``n`` tracked
+    connections, ``n - 90`` of them to keep; ``scored`` is set as the round
+    calls its first scorer (it reads ``metadata["score"]``)."""
+
+    def __init__(self, chunks: int) -> None:
+        self.n = chunks * CHUNK + 66
+        self.scored = trio.Event()
+
+    def scorer(self, stream: cm.Stream) -> float:
+        self.scored.set()
+        return float(stream.metadata["score"])
+
+    def manager(self) -> AbstractAsyncContextManager[cm.ConnectionManager]:
+        return cm.open_connection_manager(
+            limits=cm.Limits(self.n - 90, self.n + 10), grace_period=0, silence_period=1e6
+        )
+
+    def connections(self, mgr: cm.ConnectionManager) -> list[cm.Connection]:
+        async def noop() -> None:
+            pass
+
+        return [mgr.track(f"peer-{i}", direction="outbound", close=noop) for i in range(self.n)]
+
+
 async def test_a_stream_opened_while_a_round_yields_keeps_its_protocol_at_min() -> None:
     # The round plans over more than one chunk of connections, yielding between
     # them. Meanwhile a task opens a stream of p on a connection the round has
     # already classified without p (and will prune first): pruning it takes p
     # down to its grant.min, so no other connection of p may go.
-    scored = trio.Event()
-
-    def scorer(stream: cm.Stream) -> float:
-        scored.set()
-        return float(stream.metadata["score"])
-
-    async def noop() -> None:
-        pass
-
     # Three chunks: the task gets to run before the last one, whichever order
     # Trio runs the two in (it shuffles each batch of runnable tasks).
-    n = 2 * CHUNK + 66
+    setup = ChunkedRound(2)
+    n = setup.n
     async with (
-        cm.open_connection_manager(
-            limits=cm.Limits(n - 90, n + 10), grace_period=0, silence_period=1e6
-        ) as mgr,
-        mgr.enroll("p", quota=cm.Quota(2, n), scorer=scorer) as p,
-        mgr.enroll("q", quota=cm.Quota(0, n), scorer=scorer) as q,
+        setup.manager() as mgr,
+        mgr.enroll("p", quota=cm.Quota(2, n), scorer=setup.scorer) as p,
+        mgr.enroll("q", quota=cm.Quota(0, n), scorer=setup.scorer) as q,
     ):
-        conns = [mgr.track(f"peer-{i}", direction="outbound", close=noop) for i in range(n)]
+        conns = setup.connections(mgr)
         first = conns[0]
         q.track_stream(first).metadata["score"] = 0.1  # the round's first victim
         for conn in conns[1:-2]:
@@ -361,7 +376,7 @@ async def test_a_stream_opened_while_a_round_yields_keeps_its_protocol_at_min() 
         assert (p.usage, p.grant.min) == (2, 2)
 
         async def use_first_for_p() -> None:
-            await scored.wait()
+            await setup.scored.wait()
             p.track_stream(first).metadata["score"] = 0.9
 
         async with trio.open_nursery() as nursery:
@@ -382,25 +397,15 @@ async def test_a_victim_locked_or_protected_while_a_round_yields_is_spared() -> 
     # As above, but the task locks one planned victim and protects another
     # while the round plans: the round checks each victim again as it applies
     # (invariant 2) and takes others in their place.
-    scored = trio.Event()
-    spared = trio.Event()
-
-    def scorer(stream: cm.Stream) -> float:
-        scored.set()
-        return float(stream.metadata["score"])
-
-    async def noop() -> None:
-        pass
-
     # Entering the lock checkpoints: enough chunks for it to land while planning.
-    n = 5 * CHUNK + 66
+    setup = ChunkedRound(5)
+    n = setup.n
+    spared = trio.Event()
     async with (
-        cm.open_connection_manager(
-            limits=cm.Limits(n - 90, n + 10), grace_period=0, silence_period=1e6
-        ) as mgr,
-        mgr.enroll("p", quota=cm.Quota(0, n), scorer=scorer) as p,
+        setup.manager() as mgr,
+        mgr.enroll("p", quota=cm.Quota(0, n), scorer=setup.scorer) as p,
     ):
-        conns = [mgr.track(f"peer-{i}", direction="outbound", close=noop) for i in range(n)]
+        conns = setup.connections(mgr)
         streams = [p.track_stream(conn) for conn in conns]
         for i, stream in enumerate(streams):
             stream.metadata["score"] = 0.1 if i < 2 else 0.9  # the first two go first
@@ -408,7 +413,7 @@ async def test_a_victim_locked_or_protected_while_a_round_yields_is_spared() -> 
 
         async def lock_and_protect(task_status: trio.TaskStatus[None]) -> None:
             task_status.started()
-            await scored.wait()
+            await setup.scored.wait()
             mgr.protect(protected.peer, "keep")
             async with p.lock(streams[0], ttl=60):
                 spared.set()
