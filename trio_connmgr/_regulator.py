@@ -333,7 +333,6 @@ class Regulator:
         # The plan's own lists, each chunk overwritten with None once applied.
         victims = cast("list[Connection | None]", plan.connections)
         reasons = cast("list[PruneReason | None]", plan.reasons)
-        del plan
         pruned = skipped = 0
         debug = logger.isEnabledFor(logging.DEBUG)
         prune = self._manager._prune

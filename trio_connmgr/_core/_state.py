@@ -179,12 +179,10 @@ class Stream:
         Raises:
             ConfigError: ``nbytes`` is not a non-negative integer (pass ``len(data)``).
         """
+        if type(nbytes) is not int or nbytes < 0:
+            check_count("touch nbytes", nbytes, allow_zero=True)  # raises, or an int subclass
         if nbytes:
-            if type(nbytes) is not int or nbytes < 0:
-                check_count("touch nbytes", nbytes, allow_zero=True)
             self.nbytes += nbytes
-        elif type(nbytes) is not int:
-            check_count("touch nbytes", nbytes, allow_zero=True)
         now = self._member._state.clock()
         self.last_active = now
         self.connection.last_active = now
