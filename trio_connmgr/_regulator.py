@@ -273,13 +273,16 @@ class Regulator:
             if revoked or (forced and plan.shortfall):
                 plan = await drive(plan_round(state, now, trigger=trigger, forced=forced))
             phases: dict[Phase, int] = {}
+            # (Forced victims come last in a plan: nothing else was left.)
+            last_resort = bool(plan.reasons) and plan.reasons[-1].forced
             pruned, skipped = await self._apply(plan, now, phases, collect, 0)
             # A victim skipped as the round applied (locked, protected or needed
             # for a grant.min meanwhile) leaves the round short while others may
-            # be prunable: plan the rest, a bounded number of times.
+            # be prunable: plan the rest, a bounded number of times (not after a
+            # plan that had to go below a grant.min: its victims stay the last).
             refills = 0
             ranked = len(plan.connections)  # ranks given so far
-            while skipped and refills < REFILLS and state.count > state.low:
+            while skipped and not last_resort and refills < REFILLS and state.count > state.low:
                 refills += 1
                 now = trio.current_time()
                 plan = await drive(
@@ -287,6 +290,7 @@ class Regulator:
                         state, now, target=state.count - state.low, trigger=trigger, forced=forced
                     )
                 )
+                last_resort = bool(plan.reasons) and plan.reasons[-1].forced
                 more, skipped = await self._apply(plan, now, phases, collect, ranked)
                 ranked += len(plan.connections)
                 pruned += more
