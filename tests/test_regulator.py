@@ -432,6 +432,54 @@ async def test_a_victim_locked_or_protected_while_a_round_yields_is_spared() -> 
             nursery.cancel_scope.cancel()
 
 
+async def test_a_forced_round_does_not_plan_again_after_going_below_a_min() -> None:
+    # Every connection carries p at its grant.min, so a forced round's victims
+    # are all forced (below the min). While the round plans them, a task
+    # protects the first victim and opens a new, idle connection: the round
+    # skips the protected one as it applies, and must not then plan again and
+    # prune the newcomer, a non-forced victim after forced ones (forced victims
+    # come last, invariant 4).
+    setup = ChunkedRound(2)
+    n = setup.n
+    calls = 0
+    second_plan = trio.Event()
+
+    def scorer(stream: cm.Stream) -> float:
+        nonlocal calls
+        calls += 1
+        if calls > n:  # the round's second plan, the forced one
+            second_plan.set()
+        return float(stream.metadata["score"])
+
+    async def noop() -> None:
+        pass
+
+    async with (
+        setup.manager() as mgr,
+        mgr.enroll("p", quota=cm.Quota(n + 10, n + 10), scorer=scorer) as p,
+    ):
+        conns = setup.connections(mgr)
+        for i, conn in enumerate(conns):
+            p.track_stream(conn).metadata["score"] = 0.1 if i == 0 else 0.9
+        assert p.usage < p.grant.min
+        newcomer: list[cm.Connection] = []
+
+        async def meddle() -> None:
+            await second_plan.wait()
+            mgr.protect(conns[0].peer, "keep")
+            newcomer.append(mgr.track("newcomer", direction="outbound", close=noop))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(meddle)
+            pruned = await mgr.trim(force=True)
+        assert newcomer, "the task did not run while the round planned"
+        assert conns[0] not in pruned
+        assert len(pruned) == 89
+        assert all(c.prune_reason is not None and c.prune_reason.forced for c in pruned)
+        assert not newcomer[0].closed
+        assert mgr.statistics().connections == mgr.limits.low + 2
+
+
 async def test_failures_outside_the_window_are_forgiven(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import attrs
 import pytest
@@ -194,6 +195,24 @@ async def test_pruned_and_rounds(autojump_clock: trio.testing.MockClock) -> None
     assert stats.connections_pruned == 3
     assert 0 <= r2.last_duration <= r2.total_duration
     assert math.isclose(r2.total_duration, r1.total_duration + r2.last_duration)
+
+
+async def test_round_durations_are_wall_clock_spans_of_each_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The regulator reads the wall clock as a round starts and as it ends; a
+    # fake clock advanced by a known amount at each reading gives exact spans.
+    from trio_connmgr import _regulator
+
+    readings = iter([100.0, 100.25, 200.0, 200.5])
+    monkeypatch.setattr(_regulator, "time", types.SimpleNamespace(perf_counter=readings.__next__))
+    async with open_manager() as mgr:
+        await mgr.trim()
+        first = mgr.statistics().rounds
+        await mgr.trim()
+        second = mgr.statistics().rounds
+    assert (first.last_duration, first.total_duration) == (0.25, 0.25)
+    assert (second.last_duration, second.total_duration) == (0.5, 0.75)
 
 
 class BrokenTrigger(Trigger):
