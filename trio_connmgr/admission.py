@@ -71,6 +71,10 @@ def enforce_hard_cap(
     ``"evicted"``), or raises :class:`~trio_connmgr.ConnectionRefused` with
     reason ``"hard"``. The manager uses it directly when no :class:`Admission`
     is configured.
+
+    Choosing the victim plans a round over every connection synchronously,
+    scorers included (about 20 ms at 10,000 connections): only
+    trusted newcomers evict.
     """
     state = manager._state
     hard = state.hard
