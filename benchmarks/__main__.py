@@ -1,9 +1,10 @@
 """``python -m benchmarks``: run every group, print one table, write the JSON.
 
 Options:
-    --quick         smaller sizes and fewer repeats (~15 s instead of ~70 s)
-    --only GROUP    run only these groups (repeatable): hot, libp2p, planning,
-                    sockets, memory
+    --quick         smaller sizes and fewer repeats (~25 s instead of ~75 s)
+    --only SUITE    run only these suites (repeatable): hot, libp2p (the
+                    accounting rows of group 2), planning (group 3 and the
+                    pruner rows of group 2), sockets, memory
     --output PATH   where to write the JSON (default benchmarks/results/latest.json)
     --no-write      print the table, write nothing
 """
@@ -22,13 +23,14 @@ from ._harness import FULL, GROUPS, Row, Scale, machine, render, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
-# Which module produces which groups' rows (planning also yields the pruner rows).
-SUITES: dict[str, tuple[Callable[[Scale], list[Row]], tuple[str, ...]]] = {
-    "hot": (hotpaths.run, ("hot",)),
-    "libp2p": (versus_libp2p.run, ("libp2p",)),
-    "planning": (planning.run, ("planning", "libp2p")),
-    "sockets": (sockets.run, ("sockets",)),
-    "memory": (memory.run, ("memory",)),
+# The suites, each a module's run() (planning also yields the pruner rows of
+# group 2, "libp2p"; rows are put in group order afterwards).
+SUITES: dict[str, Callable[[Scale], list[Row]]] = {
+    "hot": hotpaths.run,
+    "libp2p": versus_libp2p.run,
+    "planning": planning.run,
+    "sockets": sockets.run,
+    "memory": memory.run,
 }
 
 QUICK = dataclasses.replace(
@@ -48,7 +50,7 @@ QUICK = dataclasses.replace(
 def run(scale: Scale, only: list[str] | None = None) -> list[Row]:
     """Run the selected suites; return their rows in table order."""
     rows: list[Row] = []
-    for name, (suite, _) in SUITES.items():
+    for name, suite in SUITES.items():
         if only and name not in only:
             continue
         started = time.perf_counter()

@@ -140,10 +140,14 @@ async def _plan_rows(scale: Scale, n: int, results: dict[str, list[float]]) -> l
             return took
 
         def scorers() -> float:
+            # As in a round: the scorers read the round's time, not the clock.
+            outer, state.round_now = state.round_now, trio.current_time()
             started = time.perf_counter()
             for scorer, stream in pairs:
                 scorer(stream)
-            return (time.perf_counter() - started) * 1e3
+            took = (time.perf_counter() - started) * 1e3
+            state.round_now = outer
+            return took
 
         def theirs() -> float:
             assert decide is not None
@@ -459,6 +463,7 @@ async def _measure(scale: Scale) -> list[Row]:
             rounds.append(took)
             gaps.append(gap)
         gaps.sort()
+        worst = max(steps)
         rows.append(
             row(
                 "planning",
@@ -467,12 +472,14 @@ async def _measure(scale: Scale) -> list[Row]:
                 steps,
                 "the whole round",
                 rounds,
-                target="≤ 20 ms",
-                check=lambda v, r: v <= 20.0,
+                target="≤ 20 ms, every round",
+                # "Never blocked more than 20 ms": every round, not the median one.
+                check=lambda v, r, worst=worst: worst <= 20.0,
                 note=(
-                    f"longest task step (Trio instrument); a ticker task saw gaps of at most "
-                    f"{gaps[len(gaps) // 2]:.1f} ms (median over rounds), which include other "
-                    f"tasks' steps (closer tasks) run in the same batch"
+                    f"longest task step (Trio instrument), median of {len(steps)} rounds; "
+                    f"the worst round's: {worst:.1f} ms. A ticker task saw gaps of at "
+                    f"most {gaps[len(gaps) // 2]:.1f} ms (median over rounds), which include "
+                    f"other tasks' steps (closer tasks) run in the same batch"
                 ),
             )
         )
@@ -563,10 +570,10 @@ async def _measure(scale: Scale) -> list[Row]:
             note=(
                 "the baseline cancels as many scopes directly and awaits as many close() "
                 "(the same count, from the same repeat) each in a task of its own under one "
-                "shielded deadline: what the round's effects cost in Trio alone; the ratio "
-                "is the manager's planning and bookkeeping. Full garbage collections while "
-                f"timed: {full['ours']} in {repeats} rounds, {full['same']} in {repeats} "
-                "baselines"
+                "shielded deadline: what the round's effects cost in Trio alone. Full "
+                f"garbage collections while timed: {full['ours']} in {repeats} rounds, "
+                f"{full['same']} in {repeats} baselines: where they fall weighs on this "
+                "ratio (the row below pauses the collector on both sides)"
             ),
         )
     )

@@ -80,8 +80,9 @@ async def _churn_rows(scale: Scale) -> list[Row]:
     total, workers = scale.churn_connections, scale.churn_workers
 
     async def plain_handler(stream: trio.SocketStream) -> None:
-        async with stream:
-            await _echo_once(stream)
+        # No close: trio.serve_listeners closes the stream when the handler
+        # returns, as it does for the adapter's handler.
+        await _echo_once(stream)
 
     async def plain_serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         await trio.serve_tcp(plain_handler, 0, host="127.0.0.1", task_status=task_status)
@@ -156,6 +157,7 @@ async def _spike(n: int, low: int, high: int) -> tuple[float, float, int]:
     """(recovery after the spike's end, spike duration, highest count) in ms."""
     admitted = 0
     spike_over = trio.Event()
+    ended = 0.0
     peak = 0
     async with cm.open_connection_manager(
         limits=cm.Limits(low=low, high=high), grace_period=0.0, silence_period=SPIKE_SILENCE
@@ -163,10 +165,11 @@ async def _spike(n: int, low: int, high: int) -> tuple[float, float, int]:
         state = mgr._state
 
         async def handler(stream: trio.SocketStream, conn: cm.Connection) -> None:
-            nonlocal admitted, peak
+            nonlocal admitted, ended, peak
             admitted += 1
             peak = max(peak, state.count)
             if admitted == n:
+                ended = time.perf_counter()  # the spike ends here, not when main wakes
                 spike_over.set()
             await trio.sleep_forever()
 
@@ -190,7 +193,6 @@ async def _spike(n: int, low: int, high: int) -> tuple[float, float, int]:
                 for _ in range(n):
                     clients.start_soon(client, port, limiter)
                 await spike_over.wait()
-                ended = time.perf_counter()
                 while state.count > high:  # noqa: ASYNC110 - polling is the measurement
                     await trio.sleep(0.001)
                 recovered = time.perf_counter()
@@ -218,12 +220,13 @@ async def _spike_rows(scale: Scale) -> list[Row]:
             recoveries,
             "the spike itself",
             durations,
-            target="≤ 1,000 ms",
-            check=lambda v, r: v <= 1000.0,
+            target="≤ 1,000 ms, every spike",
+            check=lambda v, r: max(recoveries) <= 1000.0,
             note=(
                 f"Limits(low={scale.spike_low}, high={scale.spike_high}), grace_period=0, "
-                f"silence_period={SPIKE_SILENCE}; the count peaked at {max(peaks)} during "
-                "the spike"
+                f"silence_period={SPIKE_SILENCE}; median of {len(recoveries)} spikes, the "
+                f"slowest back in {max(recoveries):.0f} ms; the count peaked at {max(peaks)} "
+                "during the spike"
             ),
         )
     ]
