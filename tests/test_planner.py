@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 import pytest
@@ -83,12 +83,23 @@ def tie_key(conn: Connection) -> tuple[bool, float, int]:
     return (conn.direction is OUTBOUND, -conn.opened_at, -conn.id)
 
 
-def goes_before(a: Connection, b: Connection, tolerance: float) -> bool:
-    """Phase 4's order: ``a`` before ``b`` (tallies within ``tolerance`` are equal)."""
-    ta, tb = expected_tally(a), expected_tally(b)
-    if abs(ta - tb) <= tolerance:
-        return tie_key(a) < tie_key(b)
-    return ta < tb
+def tie_runs(conns: Iterable[Connection], tolerance: float) -> dict[Connection, int]:
+    """Phase 4's runs of tied tallies, numbered in ascending order: in the sorted
+    tallies, one within ``tolerance`` of the one before it joins that one's run."""
+    runs: dict[Connection, int] = {}
+    run, last = 0, -math.inf
+    for conn in sorted(conns, key=expected_tally):
+        tally = expected_tally(conn)
+        if tally - last > tolerance:
+            run += 1
+        runs[conn] = run
+        last = tally
+    return runs
+
+
+def goes_before(a: Connection, b: Connection, runs: Mapping[Connection, int]) -> bool:
+    """Phase 4's order: ``a`` before ``b`` (by run of tied tallies, then the tie rule)."""
+    return (runs[a], tie_key(a)) < (runs[b], tie_key(b))
 
 
 def check_plan(
@@ -189,14 +200,14 @@ def check_plan(
     # The rest: ascending tally (inbound first, newest first); nothing cheaper left
     # behind unless it holds a protocol at its grant.min.
     rest = [v.connection for v in normal if v.reason.phase is Phase.TALLY]
-    tolerance = _planner.TIE * max(
-        [1.0, *(expected_tally(c) for c in prunable if c.streams)], default=1.0
-    )
+    busy = [c for c in prunable if c.streams]
+    tolerance = _planner.TIE * max([1.0, *map(expected_tally, busy)])
+    runs = tie_runs(busy, tolerance)
     for before, after_it in itertools.pairwise(rest):
-        assert not goes_before(after_it, before, tolerance), (before, after_it)
+        assert not goes_before(after_it, before, runs), (before, after_it)
     if rest:
         for conn in leftovers:
-            if conn.streams and goes_before(conn, rest[-1], tolerance):
+            if conn.streams and goes_before(conn, rest[-1], runs):
                 assert blocked(conn), conn
     for v in plan.victims:
         assert v.reason.tally == pytest.approx(expected_tally(v.connection))
@@ -553,6 +564,24 @@ def test_tallies_equal_but_for_rounding_tie() -> None:
     plan = core.plan(target=2)
     assert [r.tally for r in plan.reasons] == [0.1 + 0.2, 0.3]
     assert victim_ids(plan) == [new_inbound.id, old_outbound.id]
+
+
+def test_a_run_of_near_ties_is_ordered_whole_by_the_tie_rule() -> None:
+    # Tallies 0, 0.9e-9 and 1.8e-9: each within TIE of the next, the ends not.
+    # They make one run of ties (the two ends would tie with the middle but not
+    # with each other otherwise): the tie rule orders all three, newest first.
+    core = Core(1, 10)
+    p = core.member("p")
+    conns = []
+    for i, score in enumerate((0.9e-9, 0.0, 1.8e-9)):
+        conn = core.conn(at=100.0 + i)
+        core.stream(p, conn, score=score)
+        conns.append(conn)
+    assert 0.9e-9 <= _planner.TIE < 1.8e-9
+    core.now = 200.0
+    plan = core.plan(target=3)
+    assert victim_ids(plan) == [c.id for c in reversed(conns)]
+    check_plan(core.state, plan, core.now, forced=False, burst_only={}, target=3)
 
 
 def test_phase_tally_ties_inbound_first_then_newest() -> None:

@@ -16,6 +16,7 @@ import trio.testing
 import trio_connmgr as cm
 import trio_connmgr._regulator as regulator_module
 from trio_connmgr._core._planner import CHUNK, plan_round
+from trio_connmgr.testing import check_invariants, record_rounds, wait_idle
 
 
 def value_of(stream: cm.Stream) -> float:
@@ -430,6 +431,45 @@ async def test_a_victim_locked_or_protected_while_a_round_yields_is_spared() -> 
             assert len(pruned) == 90  # others in their place
             assert mgr.statistics().connections == n - 90
             nursery.cancel_scope.cancel()
+
+
+async def test_connections_that_arrive_after_a_round_plans_are_counted_apart() -> None:
+    # A connection opened while the round plans (between two chunks) is not in
+    # its plan: the round ends one above low and says so in `arrived`, which
+    # check_invariants allows for (invariant 1 is about the connections the
+    # round knew of). The next round, if the count goes above high, takes it in.
+    setup = ChunkedRound(2)
+    n = setup.n
+    late: list[cm.Connection] = []
+
+    async def noop() -> None:
+        pass
+
+    async def arrive() -> None:
+        await setup.scored.wait()
+        late.append(mgr.track("late", direction="outbound", close=noop))
+
+    async with (
+        cm.open_connection_manager(
+            limits=cm.Limits(n - 90, n - 1), grace_period=0, silence_period=1e6
+        ) as mgr,
+        mgr.enroll("p", quota=cm.Quota(0, n), scorer=setup.scorer) as p,
+        record_rounds(mgr) as rounds,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(arrive)
+        # Above high: the regulator's round starts at the next checkpoint.
+        for conn in setup.connections(mgr):
+            p.track_stream(conn).metadata["score"] = 0.5
+        await wait_idle(mgr)
+        assert late, "no connection arrived while the round planned"
+        assert len(rounds.rounds) == 1
+        completed = rounds.rounds[0].completed
+        assert (completed.count_before, completed.victims) == (n, 90)
+        assert completed.arrived == 1
+        assert completed.count_after == mgr.limits.low + 1
+        assert not late[0].closed
+        check_invariants(mgr, last_round=rounds.rounds[0])
 
 
 async def test_a_forced_round_does_not_plan_again_after_going_below_a_min() -> None:

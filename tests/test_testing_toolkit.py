@@ -476,6 +476,12 @@ async def test_check_invariants_judges_the_last_round(autojump_clock: object) ->
         check_invariants(mgr, last_round=completed(count_before=4, count_after=4))
         with pytest.raises(AssertionError, match=r"left 5 connections, above max\(low=2"):
             check_invariants(mgr, last_round=completed(count_after=5, unprunable=3))
+        # Connections that arrived after the round planned are not held against it.
+        check_invariants(mgr, last_round=completed(count_after=5, unprunable=3, arrived=2))
+        with pytest.raises(
+            AssertionError, match=r"left 5 connections \(1 of them opened after it planned\)"
+        ):
+            check_invariants(mgr, last_round=completed(count_after=5, unprunable=3, arrived=1))
 
         # Victims that break invariants 2, 3 and 4 (a round cannot do that: fake them).
         mgr._prune(conns[0], cm.PruneReason(cm.Phase.TALLY, None, 0.1, 1, "trim"))

@@ -347,7 +347,8 @@ class Demo:
                     )
             elif isinstance(event, cm.RoundCompleted):
                 self.observed.rounds.append(event)
-                if event.count_before > high and event.count_after > max(low, event.unprunable):
+                left = event.count_after - event.arrived  # (arrivals were not its to prune)
+                if event.count_before > high and left > max(low, event.unprunable):
                     self.observed.violations.append(
                         f"round {event.number} left {event.count_after} connections "
                         f"(high {high}, low {low}, unprunable {event.unprunable})"

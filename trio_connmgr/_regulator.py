@@ -7,6 +7,7 @@ cancellation of victims' scopes.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -49,6 +50,20 @@ async def drive(gen: Generator[None, None, T]) -> T:
             result: T = stop.value
             return result
         await trio.lowlevel.checkpoint()
+
+
+def newest(state: State) -> int:
+    """The id of the newest connection counted now (0 if none).
+
+    Ids grow with each admission and ``state.connections`` keeps them in that
+    order: the connections opened after a given moment are the last ones.
+    """
+    return next(reversed(state.connections), 0)
+
+
+def opened_since(state: State, mark: int) -> int:
+    """How many of the connections counted now opened after the one with id ``mark``."""
+    return sum(1 for _ in itertools.takewhile(mark.__lt__, reversed(state.connections)))
 
 
 def below_min(conn: Connection) -> bool:
@@ -259,6 +274,9 @@ class Regulator:
             count_before = state.count
             # First without going below any grant.min, even in a forced round:
             # revoking locks comes before that last resort (SPEC §6, §8).
+            # (``mark``: the newest connection a plan knew of. Planning reads the
+            # connections as drive() starts it, before any checkpoint.)
+            mark = newest(state)
             plan: Plan = await drive(plan_round(state, now, trigger=trigger))
             revoked = 0
             wanted = plan.shortfall
@@ -271,6 +289,7 @@ class Regulator:
                     for lock in list(conn._locks):
                         revoked += state.end_lock(lock, "revoked")
             if revoked or (forced and plan.shortfall):
+                mark = newest(state)
                 plan = await drive(plan_round(state, now, trigger=trigger, forced=forced))
             phases: dict[Phase, int] = {}
             # (Forced victims come last in a plan: nothing else was left.)
@@ -285,6 +304,7 @@ class Regulator:
             while skipped and not last_resort and refills < REFILLS and state.count > state.low:
                 refills += 1
                 now = trio.current_time()
+                mark = newest(state)
                 plan = await drive(
                     plan_round(
                         state, now, target=state.count - state.low, trigger=trigger, forced=forced
@@ -297,12 +317,25 @@ class Regulator:
             shortfall = plan.shortfall
             grace_ends = plan.grace_ends
             unprunable = sum(plan.excluded.values()) + len(plan.min_blocked)
+            # Connections opened while the round ran, after its last plan: it did
+            # not know them (a round that ran on would never end under an
+            # arrival rate; the next round, if above high, takes them into account).
+            arrived = opened_since(state, mark)
             del plan
             by_phase = {phase.value: n for phase, n in phases.items()}
             end = trio.current_time()
             duration = time.perf_counter() - started
             self._record(
-                trigger, forced, count_before, pruned, by_phase, duration, revoked, end, unprunable
+                trigger,
+                forced,
+                count_before,
+                pruned,
+                by_phase,
+                duration,
+                revoked,
+                end,
+                unprunable,
+                arrived,
             )
             if pruned or revoked:
                 # The silence period lets the effects of a round settle; a round
@@ -379,6 +412,7 @@ class Regulator:
         revoked: int,
         now: float,
         unprunable: int,
+        arrived: int,
     ) -> None:
         state = self._state
         rounds = state.rounds
@@ -421,5 +455,6 @@ class Regulator:
                     duration,
                     revoked,
                     unprunable,
+                    arrived,
                 )
             )

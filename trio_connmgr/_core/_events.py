@@ -125,8 +125,10 @@ class RoundCompleted(Event):
         duration: Wall-clock seconds it took to plan and apply.
         revoked_locks: Locks it revoked to reach its target.
         unprunable: Connections it could not prune (grace, protected, locked, or
-            kept for a ``grant.min``): invariant 1 says
-            ``count_after <= max(low, unprunable)``.
+            kept for a ``grant.min``).
+        arrived: Connections opened while it ran, after it last planned, and
+            still open at its end: it did not know them. Invariant 1 says
+            ``count_after - arrived <= max(low, unprunable)``.
     """
 
     kind: ClassVar[str] = "round_completed"
@@ -140,6 +142,7 @@ class RoundCompleted(Event):
     duration: float
     revoked_locks: int
     unprunable: int = 0
+    arrived: int = 0
 
 
 @final

@@ -230,7 +230,8 @@ def _break_ties(
     items: list[int], key: Callable[[int], float], ties: Callable[[int], Any], tolerance: float
 ) -> None:
     """Re-order by ``ties`` every run of equal ``key`` in ``items`` (sorted by ``key``),
-    keys at most ``tolerance`` apart counting as equal.
+    a key at most ``tolerance`` above the one before it counting as equal to it
+    (so the ends of a run may be further apart).
 
     Sorting by a plain float ``key`` is much faster than by a tuple, and ties
     are rare: only they pay for the full order.

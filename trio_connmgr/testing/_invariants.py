@@ -46,7 +46,8 @@ def check_invariants(
     - **regulation** (§12.6): no round has failed, unless
       ``allow_round_failures``;
     - **the last round**, if given (§12.1, 2, 4, 7): after a round that started
-      above ``high``, ``count_after <= max(low, unprunable)``; with a
+      above ``high``, ``count_after - arrived <= max(low, unprunable)`` (the
+      connections that arrived after it planned were not its to prune); with a
       :class:`RoundResult`, also: each pruned connection is closed as
       ``"pruned"`` with no open stream, was past its grace period, victims have
       distinct ranks with burst-phase victims first, and only a forced round
@@ -269,13 +270,19 @@ def _check_round(
         completed = last_round
         pruned = ()
     if completed.count_before > state.high:
+        # Connections that arrived after the round last planned are not its to prune.
         bound = max(state.low, completed.unprunable)
-        if completed.count_after > bound:
+        if completed.count_after - completed.arrived > bound:
+            arrived = (
+                f" ({completed.arrived} of them opened after it planned)"
+                if completed.arrived
+                else ""
+            )
             problems.append(
                 f"round {completed.number} ({completed.trigger}) started at count "
                 f"{completed.count_before} > high={state.high} and left {completed.count_after} "
-                f"connections, above max(low={state.low}, unprunable={completed.unprunable}) "
-                "(invariant 1)"
+                f"connections{arrived}, above max(low={state.low}, "
+                f"unprunable={completed.unprunable}) (invariant 1)"
             )
     pruned = list(pruned)
     ranks: list[int] = []
