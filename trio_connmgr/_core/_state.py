@@ -376,6 +376,8 @@ class State:
         self.burst_linger = burst_linger
         self.max_lock_ttl = max_lock_ttl
         self._lock_budget = lock_budget
+        # By id, in admission order (ids only grow): the newest come last, which
+        # the regulator relies on to count the connections opened during a round.
         self.connections: dict[int, Connection] = {}
         self.inbound = 0
         self.outbound = 0
