@@ -351,7 +351,8 @@ class Demo:
                 if event.count_before > high and left > max(low, event.unprunable):
                     self.observed.violations.append(
                         f"round {event.number} left {event.count_after} connections "
-                        f"(high {high}, low {low}, unprunable {event.unprunable})"
+                        f"(high {high}, low {low}, unprunable {event.unprunable}, "
+                        f"arrived while it ran {event.arrived})"
                     )
 
     # -------------------------------------------------------------------- run
@@ -573,8 +574,9 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     console.print(table)
     if summary["invariants_held"]:
         console.print(
-            "[bold green]Invariants held:[/] after every round the count was back under "
-            "max(low, unprunable); no locked or protected connection was pruned."
+            "[bold green]Invariants held:[/] after every round the count (less the "
+            "connections that arrived while it ran) was back under max(low, unprunable); "
+            "no locked or protected connection was pruned."
         )
     else:
         console.print("[bold red]Invariants violated:[/]")
