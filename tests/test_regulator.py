@@ -328,6 +328,10 @@ async def test_a_body_error_from_a_nursery_during_the_stop_is_not_lost(
             await trio.sleep_forever()
 
 
+async def noop_close() -> None:
+    pass
+
+
 class ChunkedRound:
     """A manager whose next round plans over several chunks: ``n`` tracked
     connections, ``n - 90`` of them to keep; ``scored`` is set as the round
@@ -347,10 +351,9 @@ class ChunkedRound:
         )
 
     def connections(self, mgr: cm.ConnectionManager) -> list[cm.Connection]:
-        async def noop() -> None:
-            pass
-
-        return [mgr.track(f"peer-{i}", direction="outbound", close=noop) for i in range(self.n)]
+        return [
+            mgr.track(f"peer-{i}", direction="outbound", close=noop_close) for i in range(self.n)
+        ]
 
 
 async def test_a_stream_opened_while_a_round_yields_keeps_its_protocol_at_min() -> None:
@@ -442,12 +445,9 @@ async def test_connections_that_arrive_after_a_round_plans_are_counted_apart() -
     n = setup.n
     late: list[cm.Connection] = []
 
-    async def noop() -> None:
-        pass
-
     async def arrive() -> None:
         await setup.scored.wait()
-        late.append(mgr.track("late", direction="outbound", close=noop))
+        late.append(mgr.track("late", direction="outbound", close=noop_close))
 
     async with (
         cm.open_connection_manager(
@@ -491,9 +491,6 @@ async def test_a_forced_round_does_not_plan_again_after_going_below_a_min() -> N
             second_plan.set()
         return float(stream.metadata["score"])
 
-    async def noop() -> None:
-        pass
-
     async with (
         setup.manager() as mgr,
         mgr.enroll("p", quota=cm.Quota(n + 10, n + 10), scorer=scorer) as p,
@@ -507,7 +504,7 @@ async def test_a_forced_round_does_not_plan_again_after_going_below_a_min() -> N
         async def meddle() -> None:
             await second_plan.wait()
             mgr.protect(conns[0].peer, "keep")
-            newcomer.append(mgr.track("newcomer", direction="outbound", close=noop))
+            newcomer.append(mgr.track("newcomer", direction="outbound", close=noop_close))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(meddle)

@@ -274,10 +274,7 @@ class Regulator:
             count_before = state.count
             # First without going below any grant.min, even in a forced round:
             # revoking locks comes before that last resort (SPEC §6, §8).
-            # (``mark``: the newest connection a plan knew of. Planning reads the
-            # connections as drive() starts it, before any checkpoint.)
-            mark = newest(state)
-            plan: Plan = await drive(plan_round(state, now, trigger=trigger))
+            plan, mark = await self._plan(now, trigger)
             revoked = 0
             wanted = plan.shortfall
             if not forced:
@@ -289,8 +286,7 @@ class Regulator:
                     for lock in list(conn._locks):
                         revoked += state.end_lock(lock, "revoked")
             if revoked or (forced and plan.shortfall):
-                mark = newest(state)
-                plan = await drive(plan_round(state, now, trigger=trigger, forced=forced))
+                plan, mark = await self._plan(now, trigger, forced=forced)
             phases: dict[Phase, int] = {}
             # (Forced victims come last in a plan: nothing else was left.)
             last_resort = bool(plan.reasons) and plan.reasons[-1].forced
@@ -304,11 +300,8 @@ class Regulator:
             while skipped and not last_resort and refills < REFILLS and state.count > state.low:
                 refills += 1
                 now = trio.current_time()
-                mark = newest(state)
-                plan = await drive(
-                    plan_round(
-                        state, now, target=state.count - state.low, trigger=trigger, forced=forced
-                    )
+                plan, mark = await self._plan(
+                    now, trigger, forced=forced, target=state.count - state.low
                 )
                 last_resort = bool(plan.reasons) and plan.reasons[-1].forced
                 more, skipped = await self._apply(plan, now, phases, collect, ranked)
@@ -350,6 +343,17 @@ class Regulator:
             else:
                 self._stuck_until = -math.inf
             return pruned
+
+    async def _plan(
+        self, now: float, trigger: str, *, forced: bool = False, target: int | None = None
+    ) -> tuple[Plan, int]:
+        """Plan a round; return the plan and the id of the newest connection it knew
+        of (planning reads the connections as it starts, before any checkpoint)."""
+        mark = newest(self._state)
+        plan = await drive(
+            plan_round(self._state, now, target=target, trigger=trigger, forced=forced)
+        )
+        return plan, mark
 
     async def _apply(
         self,
