@@ -187,6 +187,34 @@ async def test_expiry_makes_the_connection_prunable(
         assert mgr.statistics().connections == 2
 
 
+async def test_a_round_expires_a_lapsed_lock_before_planning(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lock timer and a round may wake at the same instant, in either order:
+    # a round must not spare a connection for a lock that has lapsed. The timer
+    # is left idle here so that only the round can expire it.
+    async def idle_timer(
+        self: object, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(cm.ConnectionManager, "_run_lock_timer", idle_timer)
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(1, 2), grace_period=0, lock_budget=2) as mgr,
+        mgr.enroll("p", quota=cm.Quota(0, 2)) as p,
+        p.lock(p.track_stream(track(mgr, "kept")), ttl=1000),
+    ):
+        conns = [*mgr.connections, track(mgr, "lapsed")]
+        async with p.lock(p.track_stream(conns[1]), ttl=5) as lock:
+            await trio.sleep(10)
+            assert lock.held  # nothing expired it: the timer is idle
+            pruned = await mgr.trim()
+            assert lock.status == "expired"
+            assert pruned == [conns[1]]
+            assert mgr.statistics().protocols["p"].locks_expired == 1
+
+
 async def test_max_lock_ttl_caps_ttl_and_extend(autojump_clock: trio.testing.MockClock) -> None:
     async with (
         cm.open_connection_manager(limits=cm.Limits(2, 10), max_lock_ttl=20) as mgr,
