@@ -190,6 +190,25 @@ async def test_subnet_caps_with_explicit_addresses() -> None:
     assert admission.subnet_counts() == {}  # closing the manager released everything
 
 
+async def test_list_entries_in_the_ipv4_mapped_form_match_ipv4_peers() -> None:
+    # A dual-stack server logs its IPv4 peers as ::ffff:a.b.c.d; entries copied
+    # from such a log must apply to them, in whichever form they come.
+    admission = cm.Admission(
+        deny=["::ffff:203.0.113.0/120"], allow=["::ffff:192.0.2.1"], ipv4_caps={32: 0}
+    )
+    async with cm.open_connection_manager(limits=cm.Limits(50, 100), admission=admission) as mgr:
+        for address in ("203.0.113.9", "::ffff:203.0.113.9", "[::ffff:203.0.113.9]:4001"):
+            with pytest.raises(cm.ConnectionRefused) as info:
+                mgr.track("p", direction="inbound", address=address, close=noop_close)
+            assert info.value.reason == "deny", address
+        # Allow-listed: exempt from the cap of 0 (which refuses everyone else).
+        for address in ("192.0.2.1", "::ffff:192.0.2.1"):
+            mgr.track("trusted", direction="inbound", address=address, close=noop_close)
+        with pytest.raises(cm.ConnectionRefused, match="subnet"):
+            mgr.track("other", direction="inbound", address="192.0.2.2", close=noop_close)
+        assert mgr.statistics().refusals == {"deny": 3, "subnet": 1}
+
+
 # ---------------------------------------------------------------- rate limits
 
 

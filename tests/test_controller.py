@@ -318,6 +318,8 @@ def test_parse_networks_and_caps_errors() -> None:
         parse_networks("f", [10])  # type: ignore[list-item]
     with pytest.raises(cm.ConfigError, match=r"iterable of CIDR"):
         parse_networks("f", 10)  # type: ignore[arg-type]
+    with pytest.raises(cm.ConfigError, match=r"iterable of CIDR strings, got b'10.0.0.0/8'"):
+        parse_networks("f", b"10.0.0.0/8")  # type: ignore[arg-type]
     assert parse_caps("c", {32: 2, 24: 8}, 32) == ((24, 8), (32, 2))
     with pytest.raises(cm.ConfigError, match=r"c prefix must be an integer in \[0, 32\], got 33"):
         parse_caps("c", {33: 1}, 32)
@@ -325,6 +327,27 @@ def test_parse_networks_and_caps_errors() -> None:
         parse_caps("c", {24: -1}, 32)
     with pytest.raises(cm.ConfigError, match=r"mapping"):
         parse_caps("c", [24], 32)  # type: ignore[arg-type]
+
+
+def test_ipv4_mapped_networks_are_ipv4_networks() -> None:
+    # parse_host() reads a mapped address as IPv4: an entry copied in the mapped
+    # form from a dual-stack server's log must match it.
+    nets = parse_networks("n", ["::ffff:203.0.113.0/120", "::ffff:198.51.100.7", "::/0"])
+    assert nets == (
+        ipaddress.ip_network("203.0.113.0/24"),
+        ipaddress.ip_network("198.51.100.7/32"),
+        ipaddress.ip_network("::/0"),  # not within the mapped range: stays IPv6
+    )
+    for address, prefix in [
+        ("::ffff:203.0.113.9", 24),
+        ("[::ffff:203.0.113.9]:4001", 24),
+        ("203.0.113.9", 24),
+        ("/ip6/::ffff:198.51.100.7/tcp/1", 32),
+        ("2001:db8::1", 0),
+    ]:
+        ip = parse_host(address)
+        assert ip is not None
+        assert longest_match(ip, nets) == prefix, address
 
 
 def test_longest_match() -> None:
@@ -344,9 +367,14 @@ def test_token_bucket() -> None:
     assert bucket.full_at() == pytest.approx(2.0)
     assert bucket.take(100.0)
     assert bucket.tokens == pytest.approx(2.0)  # refilled to burst, then spent one
-    # A clock going backwards earns nothing.
+    # A clock going backwards earns nothing, and counts again from there (an
+    # Admission reused by a manager in a new Trio run, whose clock is another).
     assert bucket.take(50.0)
     assert bucket.tokens == pytest.approx(1.0)
+    assert bucket.take(50.0)
+    assert not bucket.take(50.0)
+    assert bucket.next_token_at() == pytest.approx(50.5)
+    assert bucket.take(50.5)
 
 
 def test_rate_limiter_buckets_per_subnet_and_sweep() -> None:
@@ -363,6 +391,9 @@ def test_rate_limiter_buckets_per_subnet_and_sweep() -> None:
     assert limiter.sweep(1.5) == 2  # the two buckets that spent one token are full again
     assert limiter.sweep(2.0) == 1
     assert not limiter.buckets
+    # A bucket stamped by a clock that has since gone back (an earlier Trio run).
+    assert limiter.take(ip("10.0.0.1"), 500.0)[0]  # full again at 501
+    assert limiter.sweep(7.0) == 1
     # Sweeping is automatic: memory stays bounded under a scan of many subnets.
     for i in range(3 * SWEEP_EVERY):
         limiter.take(ipaddress.IPv4Address(i << 8), float(i) * 10)
@@ -472,6 +503,11 @@ def test_admission_validation() -> None:
         cm.Admission(rate=math.nan)
     with pytest.raises(cm.ConfigError, match=r"Admission.burst.*got 0"):
         cm.Admission(rate=1, burst=0)
+    with pytest.raises(cm.ConfigError, match=r"Admission.burst must be at most 2\*\*53, got 9007"):
+        cm.Admission(rate=1, burst=2**53 + 1)  # later, float(burst) would not count tokens
+    assert cm.Admission(rate=1, burst=2**53).burst == 2**53
+    with pytest.raises(cm.ConfigError, match=r"Admission.deny must be an iterable .* got b'10"):
+        cm.Admission(deny=b"10.0.0.0/8")  # type: ignore[arg-type]
     with pytest.raises(cm.ConfigError, match=r"Admission.burst needs a rate"):
         cm.Admission(burst=3)
     with pytest.raises(cm.ConfigError, match=r"Admission.rate_ipv4_prefix"):

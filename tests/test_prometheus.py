@@ -161,6 +161,9 @@ async def test_a_real_scrape_matches_statistics() -> None:
     assert value(found, "trio_connmgr_connections_closed_total") == stats.connections_closed
     assert value(found, "trio_connmgr_connections_pruned_total") == stats.connections_pruned == 5
     assert value(found, "trio_connmgr_admission_refusals_total", reason="hard") == 1
+    # The reasons not seen yet are there from the start, at 0 (rate() sees a first one).
+    for reason in ("deny", "rate", "subnet"):
+        assert value(found, "trio_connmgr_admission_refusals_total", reason=reason) == 0
     assert value(found, "trio_connmgr_streams") == stats.streams
     assert value(found, "trio_connmgr_streams_opened_total") == stats.streams_opened
     assert value(found, "trio_connmgr_locked_connections") == stats.locked_connections == 1
@@ -217,6 +220,11 @@ async def test_a_real_scrape_matches_statistics() -> None:
         )
         == stats.protocols["gossip"].locks_denied["closed"]
     )
+    for name in stats.protocols:
+        for reason in ("budget", "closed", "grant"):
+            assert value(
+                found, "trio_connmgr_protocol_locks_denied_total", protocol=name, reason=reason
+            ) == stats.protocols[name].locks_denied.get(reason, 0)
     assert value(found, "trio_connmgr_sensor_value", sensor="fds", reading="open") == 12.0
     assert value(found, "trio_connmgr_sensor_value", sensor="fds", reading="limit") == 1024.0
     assert value(found, "trio_connmgr_events_emitted_total") == stats.events_emitted

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import types
 
@@ -76,6 +78,24 @@ async def test_effective_limits_and_their_source_follow_the_share() -> None:
     assert (stats.low, stats.high, stats.hard) == (2, 5, 20)
     assert (stats.configured_low, stats.configured_high) == (4, 10)
     assert stats.limits_source == "memory pressure"
+
+
+async def test_limits_back_at_the_configured_ones_are_configured_again() -> None:
+    buffer = io.StringIO()
+    async with open_manager(trace=buffer) as mgr:
+        state = mgr._state
+        state.set_share(5, "memory pressure")
+        state.set_share(8, "sensing recovery")
+        assert mgr.statistics().limits_source == "sensing recovery"  # not there yet
+        state.set_share(10, "sensing recovery")
+        stats = mgr.statistics()
+    assert (stats.low, stats.high) == (stats.configured_low, stats.configured_high)
+    assert stats.limits_source == "configured"
+    # The event says what moved them; the replayed trace agrees with the statistics.
+    lines = buffer.getvalue().splitlines()
+    assert json.loads(lines[-1])["cause"] == "sensing recovery"
+    assert cm.replay_trace(lines)["limits_source"] == "configured"
+    assert cm.replay_trace(lines[:-1])["limits_source"] == "sensing recovery"
 
 
 async def test_per_protocol_figures(autojump_clock: trio.testing.MockClock) -> None:

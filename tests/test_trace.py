@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,67 @@ async def test_a_failing_trace_never_breaks_the_manager(caplog: pytest.LogCaptur
     errors = [r for r in caplog.records if r.name == "trio_connmgr.events"]
     assert len(errors) == 1
     assert errors[0].levelno == logging.ERROR
+    assert "No space left on device" in caplog.text
+
+
+class UnflushableFile(io.StringIO):
+    """Takes writes, but its flush fails: a file on a full disk, or closed under us."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def flush(self) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError(28, "No space left on device"), ValueError("I/O operation on closed file.")],
+    ids=["full-disk", "closed"],
+)
+async def test_a_trace_that_cannot_be_flushed_at_exit_is_logged_not_raised(
+    error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The body's own error is what the caller gets, not the trace's.
+    with pytest.raises(KeyError, match="the body's own"):
+        async with open_manager(UnflushableFile(error)) as mgr:
+            mgr.track("a", direction="inbound", close=noop_close).release()
+            raise KeyError("the body's own error")
+    # And with no error in the body, the manager's exit does not raise either.
+    async with open_manager(UnflushableFile(error)):
+        pass
+    errors = [r for r in caplog.records if r.name == "trio_connmgr.events"]
+    assert len(errors) == 2
+    assert all("flushing the trace file" in r.getMessage() for r in errors)
+    assert all(r.exc_info is not None and r.exc_info[1] is error for r in errors)
+
+
+FULL = Path("/dev/full")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full")
+async def test_a_failed_trace_is_logged_once_and_its_file_closed_at_exit(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Writes to /dev/full are buffered and succeed; the flush after a round fails
+    # (logged, the trace stops), and so does the flush at exit (not logged again).
+    # The file the manager opened is closed all the same.
+    before = open_fds()
+    async with open_manager(FULL, limits=cm.Limits(1, 2)) as mgr:
+        assert open_fds() == before + 1
+        for i in range(3):
+            mgr.track(i, direction="inbound", close=noop_close)
+        await mgr.trim()
+        assert mgr._hub.writer_errors == 1
+        assert mgr.statistics().connections == 1
+    assert open_fds() == before
+    errors = [r for r in caplog.records if r.name == "trio_connmgr.events"]
+    assert len(errors) == 1
     assert "No space left on device" in caplog.text
 
 

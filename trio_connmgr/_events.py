@@ -221,6 +221,7 @@ class TraceWriter:
         self._file = file
         self._encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
         self._error: Exception | None = None
+        self._failed = False  # a write raised (and the hub logged it)
         if state is not None:
             try:
                 self._line(trace_header(state))
@@ -234,11 +235,33 @@ class TraceWriter:
 
     def __call__(self, event: Event) -> None:
         """Write ``event`` as one line."""
+        self._failed = True  # until the write is done
         if self._error is not None:
             raise self._error
         self._line(event.to_json())
         if isinstance(event, RoundCompleted):
             self._file.flush()
+        self._failed = False
+
+    def finish(self, *, close: bool) -> None:
+        """Flush the file, and close it with ``close``: the manager's last word.
+
+        Never raises: the trace is a by-product, and whatever the manager's body
+        raised (or nothing) is what its caller must see. An error (a full disk, a
+        file closed under it) is logged, unless a write already failed and was.
+        """
+        try:
+            try:
+                self._file.flush()
+            finally:
+                if close:
+                    self._file.close()
+        except Exception:
+            if not self._failed:
+                logger.exception(
+                    "flushing the trace file %r failed; the trace is incomplete",
+                    getattr(self._file, "name", self._file),
+                )
 
 
 def trace_header(state: State) -> dict[str, Any]:
@@ -315,6 +338,7 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
         "time": None,
     }
     rounds: dict[str, Any] = {"count": 0, "last_trigger": None, "locks_revoked": 0}
+    configured_high = None  # from the header
 
     def protocol(name: str) -> dict[str, Any]:
         found = protocols.get(name)
@@ -340,6 +364,7 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
         if kind == "trace_started":
             out["version"] = record.get("version")
             out["low"], out["high"], out["hard"] = record["low"], record["high"], record["hard"]
+            configured_high = record["high"]
         elif kind == "connection_opened":
             conns[record["connection_id"]] = record["direction"]
             out["connections_opened"] += 1
@@ -383,7 +408,8 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
             entry["bursts_closed"] += 1
         elif kind == "limits_changed":
             out["low"], out["high"], out["hard"] = record["low"], record["high"], record["hard"]
-            out["limits_source"] = record["cause"]
+            configured = record["high"] == configured_high
+            out["limits_source"] = "configured" if configured else record["cause"]
         elif kind == "admission_refused":
             refusals[record["reason"]] = refusals.get(record["reason"], 0) + 1
 

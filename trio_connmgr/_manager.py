@@ -846,6 +846,7 @@ async def open_connection_manager(
         max_lock_ttl=max_lock_ttl,
         lock_budget=lock_budget,
     )
+    writer = None if trace_file is None else TraceWriter(trace_file, state)
     body_error: BaseException | None = None
     manager: ConnectionManager | None = None
     try:
@@ -860,8 +861,8 @@ async def open_connection_manager(
                 failure_window=failure_window,
                 admission=admission,
             )
-            if trace_file is not None:
-                manager._hub.add_writer(TraceWriter(trace_file, state))
+            if writer is not None:
+                manager._hub.add_writer(writer)
             try:
                 async with trio.open_nursery() as services:
                     manager._services = services
@@ -892,10 +893,8 @@ async def open_connection_manager(
         raise BaseExceptionGroup(_BOTH_FAILED, [fatal, exc]) from None
     finally:
         state.closed = True
-        if trace_file is not None:
-            trace_file.flush()
-            if owns_trace:
-                trace_file.close()
+        if writer is not None:
+            writer.finish(close=owns_trace)
     fatal = manager._fatal if manager is not None else None
     if fatal is not None and body_error is not None:
         # Both failed (the body's cleanup raised while the manager stopped it):

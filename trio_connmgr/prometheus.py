@@ -22,7 +22,7 @@ from __future__ import annotations
 import gzip
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Final, NoReturn, final
 from urllib.parse import parse_qs, urlsplit
@@ -57,6 +57,16 @@ logger = logging.getLogger("trio_connmgr.prometheus")
 
 _NAMESPACE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _PHASES: Final = tuple(phase.value for phase in Phase)
+# Every label value a counter can take is exported from the start, at 0: a series
+# that first appears at 1 hides that first increase from rate() and increase().
+_REFUSALS: Final = ("deny", "hard", "rate", "subnet")
+_LOCK_DENIALS: Final = ("budget", "closed", "grant")
+
+
+def _known_first(counts: Mapping[str, int], known: tuple[str, ...]) -> list[tuple[str, int]]:
+    """``counts`` with every ``known`` key (0 if absent) first, then any others."""
+    return [(key, counts.get(key, 0)) for key in (*known, *sorted(set(counts) - set(known)))]
+
 
 MAX_REQUEST_BYTES = 16384
 """Largest HTTP request head :func:`serve_metrics` reads; bigger ones get a 431."""
@@ -122,7 +132,7 @@ def _families(stats: Statistics, ns: str) -> list[Metric]:
         stats.connections_pruned,
     )
     family = counter("admission_refusals", "Admission refusals, by reason.", labels=["reason"])
-    for reason, n in sorted(stats.refusals.items()):
+    for reason, n in _known_first(stats.refusals, _REFUSALS):
         family.add_metric([reason], n)
     gauge("streams", "Open streams, all protocols.", stats.streams)
     counter("streams_opened", "Streams opened, all protocols.", stats.streams_opened)
@@ -141,9 +151,8 @@ def _families(stats: Statistics, ns: str) -> list[Metric]:
     counter("rounds", "Regulation rounds completed.", rounds.count)
     counter("round_failures", "Regulation rounds that raised.", rounds.failures)
     family = counter("round_victims", "Connections pruned by rounds, by phase.", labels=["phase"])
-    by_phase = rounds.victims_by_phase
-    for phase in (*_PHASES, *sorted(set(by_phase) - set(_PHASES))):
-        family.add_metric([phase], by_phase.get(phase, 0))
+    for phase, n in _known_first(rounds.victims_by_phase, _PHASES):
+        family.add_metric([phase], n)
     counter("round_locks_revoked", "Locks revoked by rounds under pressure.", rounds.locks_revoked)
     summary = SummaryMetricFamily(
         f"{ns}_round_duration_seconds",
@@ -197,7 +206,7 @@ def _families(stats: Statistics, ns: str) -> list[Metric]:
         labels=[*labels, "reason"],
     )
     for protocol, figures in protocols:
-        for reason, n in sorted(figures.locks_denied.items()):
+        for reason, n in _known_first(figures.locks_denied, _LOCK_DENIALS):
             family.add_metric([protocol, reason], n)
 
     # Sensing and events.

@@ -18,6 +18,10 @@ from .._errors import ConfigError
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+"""IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``)."""
+MAX_BURST = 2**53
+"""The largest token-bucket size (the largest integer a float holds exactly)."""
 SWEEP_EVERY = 1024
 """Token-bucket takes between two sweeps of buckets that have refilled completely."""
 
@@ -25,7 +29,10 @@ SWEEP_EVERY = 1024
 def parse_networks(field: str, cidrs: Iterable[str] | str | None) -> tuple[Network, ...]:
     """Parse CIDR strings (``"10.0.0.0/8"``, ``"2001:db8::/32"``, a bare address).
 
-    Host bits must be zero (``"10.0.0.1/8"`` is an error: it is ambiguous).
+    Host bits must be zero (``"10.0.0.1/8"`` is an error: it is ambiguous). A
+    network within the IPv4-mapped range (``"::ffff:203.0.113.0/120"``) becomes
+    the IPv4 network it maps (``203.0.113.0/24``), as :func:`parse_host` turns
+    mapped addresses into IPv4 ones: otherwise it would match nothing.
 
     Raises:
         ConfigError: not an iterable of strings, or a string that is not a network.
@@ -35,7 +42,10 @@ def parse_networks(field: str, cidrs: Iterable[str] | str | None) -> tuple[Netwo
     if isinstance(cidrs, str):
         # A lone string would otherwise be iterated character by character.
         cidrs = (cidrs,)
+    given: object = cidrs  # (bytes are not an Iterable[str], but untyped code passes them)
     try:
+        if isinstance(given, bytes | bytearray):
+            raise TypeError  # its items are ints
         items = list(cidrs)
     except TypeError:
         raise ConfigError(f"{field} must be an iterable of CIDR strings, got {cidrs!r}") from None
@@ -44,9 +54,14 @@ def parse_networks(field: str, cidrs: Iterable[str] | str | None) -> tuple[Netwo
         if not isinstance(item, str):
             raise ConfigError(f"{field} entries must be CIDR strings, got {item!r}")
         try:
-            networks.append(ipaddress.ip_network(item.strip()))
+            network = ipaddress.ip_network(item.strip())
         except ValueError as exc:
             raise ConfigError(f"{field} entry {item!r} is not a valid CIDR: {exc}") from None
+        if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+            mapped = network.network_address.ipv4_mapped
+            assert mapped is not None
+            network = ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+        networks.append(network)
     return tuple(networks)
 
 
@@ -82,7 +97,9 @@ def parse_host(address: str | None) -> IPAddress | None:
 
     Understands ``"10.1.2.3"``, ``"10.1.2.3:4001"``, ``"::1"``, ``"[::1]:4001"``,
     ``"fe80::1%eth0"`` and multiaddrs (``"/ip4/10.1.2.3/tcp/4001"``,
-    ``"/ip6/::1/tcp/4001"``). IPv4-mapped IPv6 addresses become IPv4.
+    ``"/ip6/::1/tcp/4001"``). IPv4-mapped IPv6 addresses become IPv4. An IPv6
+    address with a port must be in brackets: ``"2001:db8::7:4001"`` is read as
+    the address ``2001:db8::7:4001``.
     """
     if not isinstance(address, str) or not address:
         return None
@@ -137,10 +154,15 @@ class TokenBucket:
     stamp: float
 
     def refill(self, now: float) -> None:
-        """Add the tokens earned since the last call (clock going back adds none)."""
+        """Add the tokens earned since the last call.
+
+        A clock that went back (a bucket outliving its Trio run: each run has a
+        clock of its own) earns nothing and counts again from ``now``, rather
+        than earning nothing until it is back where it was.
+        """
         if now > self.stamp:
             self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
+        self.stamp = now
 
     def take(self, now: float) -> bool:
         """Spend one token if available; return whether it was."""
@@ -175,6 +197,9 @@ class RateLimiter:
     def __init__(self, rate: float, burst: int, ipv4_prefix: int, ipv6_prefix: int) -> None:
         self.rate = check_positive_float("Admission.rate", rate)
         self.burst = check_count("Admission.burst", burst)
+        if burst > MAX_BURST:
+            # Tokens are counted in floats: beyond this they no longer count one by one.
+            raise ConfigError(f"Admission.burst must be at most 2**53, got {burst!r}")
         self.ipv4_prefix = check_prefix("Admission.rate_ipv4_prefix", ipv4_prefix, 32)
         self.ipv6_prefix = check_prefix("Admission.rate_ipv6_prefix", ipv6_prefix, 128)
         self.buckets: dict[Network, TokenBucket] = {}
@@ -196,9 +221,14 @@ class RateLimiter:
         return bucket.take(now), key, bucket
 
     def sweep(self, now: float) -> int:
-        """Forget buckets that are full by now (a new one would be identical)."""
+        """Forget buckets that are full by now (a new one would be identical), and
+        those stamped after ``now`` (by the clock of an earlier Trio run)."""
         self._takes = 0
-        stale = [key for key, bucket in self.buckets.items() if bucket.full_at() <= now]
+        stale = [
+            key
+            for key, bucket in self.buckets.items()
+            if bucket.full_at() <= now or bucket.stamp > now
+        ]
         for key in stale:
             del self.buckets[key]
         return len(stale)

@@ -436,7 +436,8 @@ class State:
             return []
         self.high = share
         self.low = max(1, min(share, round(self.limits.low * share / self.limits.high)))
-        self.limits_source = cause
+        # Back at the configured limits is "configured", whatever brought it back.
+        self.limits_source = "configured" if share == self.limits.high else cause
         if self.sink is not None:
             self.sink(ev.LimitsChanged(self.clock(), self.low, self.high, self.hard, cause))
         return self.regrant()
