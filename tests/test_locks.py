@@ -78,6 +78,30 @@ async def test_lock_denied_closed() -> None:
         conn.release()
 
 
+async def test_a_denied_lock_wakes_its_waiters() -> None:
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(4, 8), lock_budget=1) as mgr,
+        mgr.enroll("p", quota=cm.Quota(0, 4)) as p,
+        p.lock(p.track_stream(track(mgr, "a")), ttl=5),  # the whole budget
+        trio.open_nursery() as nursery,
+    ):
+        lock = p.lock(p.track_stream(track(mgr, "b")), ttl=5)
+        woke: list[str] = []
+
+        async def waiter() -> None:
+            await lock.wait_revoked()
+            woke.append(lock.status)
+
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(cm.LockDenied, match="budget"):
+            await lock.__aenter__()
+        await trio.testing.wait_all_tasks_blocked()
+        assert woke == ["denied"]
+        with trio.testing.assert_checkpoints():
+            await lock.wait_revoked()  # and returns at once from now on
+
+
 async def test_lock_denied_grant() -> None:
     async with (
         cm.open_connection_manager(limits=cm.Limits(8, 10), lock_budget=8) as mgr,

@@ -251,6 +251,37 @@ async def test_regrant_on_enrol_and_leave() -> None:
     ]
 
 
+async def test_a_callback_sees_every_grant_already_set() -> None:
+    # b's arrival cuts a's grant; a's callback runs once b's grant is set too.
+    seen: list[tuple[cm.Grant, cm.Grant | None]] = []
+    async with cm.open_connection_manager(limits=cm.Limits(5, 10)) as mgr:
+        members = mgr._state.members
+
+        def on_grant(grant: cm.Grant) -> None:
+            b = members.get("b")
+            seen.append((grant, None if b is None else b.grant))
+
+        async with (
+            mgr.enroll("a", quota=Q(6, 10), on_grant=on_grant),
+            mgr.enroll("b", quota=Q.share(0.6, 0.8)),
+        ):
+            pass
+    assert seen[:2] == [(G(6, 10), None), (G(5, 10), G(5, 8))]
+
+    # A callback that raises what it must not catch: enroll() fails and leaves
+    # nothing behind (the name is free, the quota back in the pool).
+    def interrupt(grant: cm.Grant) -> None:
+        raise KeyboardInterrupt
+
+    async with cm.open_connection_manager(limits=cm.Limits(10, 20)) as mgr:
+        with pytest.raises(KeyboardInterrupt):
+            async with mgr.enroll("kad", quota=Q(5, 10), on_grant=interrupt):
+                pytest.fail("the body ran")  # pragma: no cover
+        assert mgr.statistics().protocols == {}
+        async with mgr.enroll("kad", quota=Q(20, 20)) as kad:
+            assert kad.grant == G(20, 20)
+
+
 async def test_unchanged_grants_are_not_announced() -> None:
     calls: list[cm.Grant] = []
     async with (

@@ -4,6 +4,7 @@ supervision, trim, protection."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -148,6 +149,35 @@ async def test_reaching_hard_skips_the_silence_period(
         await trio.testing.wait_all_tasks_blocked()
         assert mgr.statistics().connections == 1
         assert mgr.statistics().rounds.last_at == pytest.approx(1.0)
+
+
+async def test_an_emergency_left_short_by_grace_retries_when_grace_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # At hard, a round prunes what it can and is left short by connections in
+    # their grace period. The next round runs as that grace period ends, not a
+    # silence period after the round: at hard, inbound newcomers are refused.
+    async with (
+        cm.open_connection_manager(
+            limits=cm.Limits(2, 4, hard=8), grace_period=5, silence_period=30
+        ) as mgr,
+        record_rounds(mgr) as rounds,
+    ):
+        for i in range(3):
+            mgr.track(f"old-{i}", direction="outbound", close=trio.lowlevel.checkpoint)
+        await trio.sleep(10)
+        for i in range(8):  # outbound: never refused; the count reaches hard
+            mgr.track(f"new-{i}", direction="outbound", close=trio.lowlevel.checkpoint)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().connections == 8  # the old 3 pruned; the new in grace
+        await trio.sleep(5)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().connections == 2
+    completed = [r.completed for r in rounds.rounds]
+    assert [(e.time, e.count_before, e.count_after) for e in completed] == [
+        (10.0, 11, 8),
+        (15.0, 8, 2),
+    ]
 
 
 async def test_at_hard_equal_to_high_regulation_waits_for_above_high(
@@ -615,3 +645,60 @@ async def test_round_over_a_big_snapshot_yields(autojump_clock: trio.testing.Moc
         applying = len(pruned) // regulator_module.APPLY_CHUNK
         assert ticks - before >= planning + applying
         nursery.cancel_scope.cancel()
+
+
+async def cancel_while_trimming(
+    monkeypatch: pytest.MonkeyPatch, connections: int, *, before_planning: bool
+) -> tuple[cm.ConnectionManager, list[list[cm.Connection]]]:
+    """Trim ``connections`` tracked connections down to low=10 while the trim()
+    caller's scope is cancelled (as a deadline would be) as the round's first
+    plan starts or just after it (the round yields after each chunk of 1,024
+    planned and each chunk of 256 pruned). Returns the closed manager and what
+    trim() returned, if it did."""
+    scope = trio.CancelScope()
+    plan = regulator_module.Regulator._plan
+    returned: list[list[cm.Connection]] = []
+
+    async def cancelling(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if before_planning:
+            scope.cancel()
+        planned = await plan(self, *args, **kwargs)
+        scope.cancel()
+        return planned
+
+    monkeypatch.setattr(regulator_module.Regulator, "_plan", cancelling)
+    async with cm.open_connection_manager(
+        limits=cm.Limits(10, 5000), grace_period=0, silence_period=60
+    ) as mgr:
+        for i in range(connections):
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+        with scope:
+            returned.append(await mgr.trim())
+            await trio.lowlevel.checkpoint()
+            pytest.fail("the cancellation did not reach the caller")  # pragma: no cover
+        assert scope.cancelled_caught
+    return mgr, returned
+
+
+async def test_a_round_that_has_begun_to_prune_finishes_though_its_caller_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Cancelled between its plan and its first prune: it prunes all 890 victims
+    # (in 4 chunks, with checkpoints between them), is recorded, and trim()
+    # returns them; the caller's next checkpoint raises the cancellation.
+    mgr, returned = await cancel_while_trimming(monkeypatch, 900, before_planning=False)
+    stats = mgr.statistics()
+    assert [len(r) for r in returned] == [890]
+    assert stats.connections_pruned == 890
+    assert (stats.rounds.count, stats.rounds.last_victims) == (1, 890)
+    assert mgr._regulator._last_round_end != -math.inf  # the silence period began
+
+
+async def test_a_round_cancelled_while_it_plans_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mgr, returned = await cancel_while_trimming(monkeypatch, 3000, before_planning=True)
+    stats = mgr.statistics()
+    assert returned == []
+    assert (stats.connections_pruned, stats.rounds.count) == (0, 0)
+    assert stats.connections_closed == 3000  # by the manager's exit

@@ -18,7 +18,7 @@ from ._core._state import (
     LockState,
     Stream,
 )
-from ._errors import ConfigError, ResourceClosed
+from ._errors import ConfigError, LockDenied, ResourceClosed
 
 if TYPE_CHECKING:
     from ._manager import ConnectionManager
@@ -258,7 +258,13 @@ class Lock(LockState):
         if self.status != "new":
             raise ConfigError(f"lock #{self.id} was already used ({self.status})")
         manager = self._manager()
-        manager._state.acquire_lock(self)
+        try:
+            manager._state.acquire_lock(self)
+        except LockDenied:
+            # It will never protect anything: wake a wait_revoked() already waiting
+            # (one called from now on returns at once).
+            self._ended("denied")
+            raise
         manager._lock_deadline(self.expires_at)
         return self
 
@@ -284,7 +290,8 @@ class Lock(LockState):
         """Wait until the lock stops protecting its connection; return at once if it has.
 
         It returns when the lock is revoked or expires (``lock.revoked``), when its
-        connection closes (status ``"dropped"``) or when it is released.
+        connection closes (status ``"dropped"``), when it is released, or when
+        entering it is denied (status ``"denied"``: it never protected anything).
         """
         if self.status not in ("new", "held"):
             await trio.lowlevel.checkpoint()

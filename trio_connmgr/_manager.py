@@ -527,7 +527,14 @@ class ConnectionManager:
         enrollment = Enrollment(
             name, quota, scorer, weight, bool(strict), state, manager=self, on_grant=on_grant
         )
-        state.enrol(enrollment)
+        try:
+            state.enrol(enrollment)
+        except BaseException:
+            # Counted, then an on_grant callback raised what it must not catch
+            # (a KeyboardInterrupt, a SystemExit): enroll() fails, so leave.
+            if state.members.get(name) is enrollment:
+                state.leave(enrollment)
+            raise
         body_error: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -601,6 +608,11 @@ class ConnectionManager:
 
         With ``force=True`` the round may revoke locks (lowest tally first) and
         take protocols below their ``grant.min`` when nothing else is left.
+
+        Cancelling the caller while the round plans leaves no trace. Once the
+        round has planned it runs to its end (it revokes and prunes in chunks,
+        which must all be recorded) and returns; the cancellation then reaches
+        the caller at its next checkpoint.
         """
         await trio.lowlevel.checkpoint()
         self._check_open()

@@ -230,7 +230,10 @@ class Regulator:
             emergency = self.emergency()
             not_before = self._last_round_end + self.silence_period
             if self._stuck_until > now and (self._stuck_emergency or not emergency):
-                not_before = max(not_before, self._stuck_until)
+                # A round left short waits until something can have changed (a
+                # grace period ending, or a while), emergency or not; only an
+                # emergency skips the silence period on top of that.
+                not_before = self._stuck_until if emergency else max(not_before, self._stuck_until)
             elif emergency:
                 not_before = now
             if now < not_before:
@@ -275,73 +278,80 @@ class Regulator:
             # First without going below any grant.min, even in a forced round:
             # revoking locks comes before that last resort (SPEC §6, §8).
             plan, mark = await self._plan(now, trigger)
-            revoked = 0
-            wanted = plan.shortfall
-            if not forced:
-                # Connections in their grace period become prunable on their own
-                # soon: revoke locks only for the shortfall grace cannot explain.
-                wanted -= plan.excluded.get("grace", 0)
-            if wanted > 0 and (forced or emergency or self.pressure):
-                for conn in lock_revocations(state, now, wanted):
-                    for lock in list(conn._locks):
-                        revoked += state.end_lock(lock, "revoked")
-            if revoked or (forced and plan.shortfall):
-                plan, mark = await self._plan(now, trigger, forced=forced)
-            phases: dict[Phase, int] = {}
-            # (Forced victims come last in a plan: nothing else was left.)
-            last_resort = bool(plan.reasons) and plan.reasons[-1].forced
-            pruned, skipped = await self._apply(plan, now, phases, collect, 0)
-            # A victim skipped as the round applied (locked, protected or needed
-            # for a grant.min meanwhile) leaves the round short while others may
-            # be prunable: plan the rest, a bounded number of times (not after a
-            # plan that had to go below a grant.min: its victims stay the last).
-            refills = 0
-            ranked = len(plan.connections)  # ranks given so far
-            while skipped and not last_resort and refills < REFILLS and state.count > state.low:
-                refills += 1
-                now = trio.current_time()
-                plan, mark = await self._plan(
-                    now, trigger, forced=forced, target=state.count - state.low
-                )
+            # Planning changed nothing: a cancellation up to here leaves no trace.
+            # From here on the round revokes and prunes, so it runs to its end and is
+            # recorded (its checkpoints are only schedule points, and it awaits nothing
+            # else); a cancellation reaches a trim() caller at its next checkpoint.
+            with trio.CancelScope(shield=True):
+                revoked = 0
+                wanted = plan.shortfall
+                if not forced:
+                    # Connections in their grace period become prunable on their own
+                    # soon: revoke locks only for the shortfall grace cannot explain.
+                    wanted -= plan.excluded.get("grace", 0)
+                if wanted > 0 and (forced or emergency or self.pressure):
+                    for conn in lock_revocations(state, now, wanted):
+                        for lock in list(conn._locks):
+                            revoked += state.end_lock(lock, "revoked")
+                if revoked or (forced and plan.shortfall):
+                    plan, mark = await self._plan(now, trigger, forced=forced)
+                phases: dict[Phase, int] = {}
+                # (Forced victims come last in a plan: nothing else was left.)
                 last_resort = bool(plan.reasons) and plan.reasons[-1].forced
-                more, skipped = await self._apply(plan, now, phases, collect, ranked)
-                ranked += len(plan.connections)
-                pruned += more
-            shortfall = plan.shortfall
-            grace_ends = plan.grace_ends
-            unprunable = sum(plan.excluded.values()) + len(plan.min_blocked)
-            # Connections opened while the round ran, after its last plan: it did
-            # not know them (a round that ran on would never end under an
-            # arrival rate; the next round, if above high, takes them into account).
-            arrived = opened_since(state, mark)
-            del plan
-            by_phase = {phase.value: n for phase, n in phases.items()}
-            end = trio.current_time()
-            duration = time.perf_counter() - started
-            self._record(
-                trigger,
-                forced,
-                count_before,
-                pruned,
-                by_phase,
-                duration,
-                revoked,
-                end,
-                unprunable,
-                arrived,
-            )
-            if pruned or revoked:
-                # The silence period lets the effects of a round settle; a round
-                # that changed nothing has no effects to wait for.
-                self._last_round_end = end
-            if shortfall:
-                # Retrying cannot help until a connection leaves its grace period
-                # (or a poke says something else changed, or a while has passed).
-                retry = end + max(self.silence_period, IDLE_RETRY)
-                self._stuck_until = min(retry, max(grace_ends, end))
-                self._stuck_emergency = forced or emergency or self.pressure
-            else:
-                self._stuck_until = -math.inf
+                pruned, skipped = await self._apply(plan, now, phases, collect, 0)
+                # A victim skipped as the round applied (locked, protected or needed
+                # for a grant.min meanwhile) leaves the round short while others may
+                # be prunable: plan the rest, a bounded number of times (not after a
+                # plan that had to go below a grant.min: its victims stay the last).
+                refills = 0
+                ranked = len(plan.connections)  # ranks given so far
+                while (
+                    skipped and not last_resort and refills < REFILLS and state.count > state.low
+                ):
+                    refills += 1
+                    now = trio.current_time()
+                    plan, mark = await self._plan(
+                        now, trigger, forced=forced, target=state.count - state.low
+                    )
+                    last_resort = bool(plan.reasons) and plan.reasons[-1].forced
+                    more, skipped = await self._apply(plan, now, phases, collect, ranked)
+                    ranked += len(plan.connections)
+                    pruned += more
+                shortfall = plan.shortfall
+                grace_ends = plan.grace_ends
+                unprunable = sum(plan.excluded.values()) + len(plan.min_blocked)
+                # Connections opened while the round ran, after its last plan: it did
+                # not know them (a round that ran on would never end under an
+                # arrival rate; the next round, if above high, takes them into account).
+                arrived = opened_since(state, mark)
+                del plan
+                by_phase = {phase.value: n for phase, n in phases.items()}
+                end = trio.current_time()
+                duration = time.perf_counter() - started
+                self._record(
+                    trigger,
+                    forced,
+                    count_before,
+                    pruned,
+                    by_phase,
+                    duration,
+                    revoked,
+                    end,
+                    unprunable,
+                    arrived,
+                )
+                if pruned or revoked:
+                    # The silence period lets the effects of a round settle; a round
+                    # that changed nothing has no effects to wait for.
+                    self._last_round_end = end
+                if shortfall:
+                    # Retrying cannot help until a connection leaves its grace period
+                    # (or a poke says something else changed, or a while has passed).
+                    retry = end + max(self.silence_period, IDLE_RETRY)
+                    self._stuck_until = min(retry, max(grace_ends, end))
+                    self._stuck_emergency = forced or emergency or self.pressure
+                else:
+                    self._stuck_until = -math.inf
             return pruned
 
     async def _plan(

@@ -667,19 +667,22 @@ class State:
         members = list(self.members.values())
         if grants is None:
             grants = allocate(self.share, [m.quota for m in members], [m.strict for m in members])
-        changed = []
+        changed: list[tuple[EnrollmentState, Grant]] = []
         for member, grant in zip(members, grants, strict=True):
             if grant != member.grant:
-                old, member.grant = member.grant, grant
-                changed.append(member)
-                if self.sink is not None:
-                    self.sink(
-                        ev.GrantChanged(
-                            self.clock(), member.name, grant.min, grant.max, self.share
-                        )
-                    )
-                member._grant_changed(old, grant)
-        return changed
+                changed.append((member, member.grant))
+                member.grant = grant
+        # Every grant is set before anyone is told: a callback sees them all as
+        # they are now, and one that raises (even a KeyboardInterrupt) leaves no
+        # grant behind.
+        for member, old in changed:
+            grant = member.grant
+            if self.sink is not None:
+                self.sink(
+                    ev.GrantChanged(self.clock(), member.name, grant.min, grant.max, self.share)
+                )
+            member._grant_changed(old, grant)
+        return [member for member, _ in changed]
 
     # -------------------------------------------------------------- protection
 
