@@ -257,7 +257,7 @@ async def test_a_trace_that_cannot_be_flushed_at_exit_is_logged_not_raised(
         pass
     errors = [r for r in caplog.records if r.name == "trio_connmgr.events"]
     assert len(errors) == 2
-    assert all("flushing the trace file" in r.getMessage() for r in errors)
+    assert all("the trace is incomplete" in r.getMessage() for r in errors)
     assert all(r.exc_info is not None and r.exc_info[1] is error for r in errors)
 
 
@@ -330,3 +330,13 @@ async def test_an_unwritable_trace_is_logged_and_the_manager_runs(
         assert mgr.statistics().connections_closed == 1
     assert file.getvalue() == ""
     assert [r.name for r in caplog.records] == ["trio_connmgr.events"]
+
+
+async def test_an_unwritable_trace_without_events_is_logged_at_exit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The header failed and no event came to meet its error: the exit logs it.
+    async with open_manager(FailingFile(good=0)):
+        pass
+    assert [r.name for r in caplog.records] == ["trio_connmgr.events"]
+    assert "No space left on device" in caplog.text

@@ -250,18 +250,23 @@ class TraceWriter:
         raised (or nothing) is what its caller must see. An error (a full disk, a
         file closed under it) is logged, unless a write already failed and was.
         """
+        # The header's error is logged when an event meets it; if none came, here.
+        error = None if self._failed else self._error
         try:
             try:
                 self._file.flush()
             finally:
                 if close:
                     self._file.close()
-        except Exception:
+        except Exception as exc:
             if not self._failed:
-                logger.exception(
-                    "flushing the trace file %r failed; the trace is incomplete",
-                    getattr(self._file, "name", self._file),
-                )
+                error = exc
+        if error is not None:
+            logger.error(
+                "the trace file %r failed; the trace is incomplete",
+                getattr(self._file, "name", self._file),
+                exc_info=error,
+            )
 
 
 def trace_header(state: State) -> dict[str, Any]:
