@@ -235,13 +235,15 @@ class TraceWriter:
 
     def __call__(self, event: Event) -> None:
         """Write ``event`` as one line."""
-        self._failed = True  # until the write is done
-        if self._error is not None:
-            raise self._error
-        self._line(event.to_json())
-        if isinstance(event, RoundCompleted):
-            self._file.flush()
-        self._failed = False
+        try:
+            if self._error is not None:
+                raise self._error
+            self._line(event.to_json())
+            if isinstance(event, RoundCompleted):
+                self._file.flush()
+        except BaseException:
+            self._failed = True
+            raise
 
     def finish(self, *, close: bool) -> None:
         """Flush the file, and close it with ``close``: the manager's last word.
