@@ -275,6 +275,78 @@ def test_scripted_fake_sensors(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
 
 
+def test_peer_ids_and_fake_connections_share_one_counter(pytester: pytest.Pytester) -> None:
+    write_suite(
+        pytester,
+        """
+        import pytest
+        import trio_connmgr as cm
+        from trio_connmgr.testing import force_round
+
+
+        @pytest.mark.connmgr(limits=cm.Limits(low=1, high=8), grace_period=0)
+        async def test_ids(connmgr, fake_connections, peer_ids):
+            a = await fake_connections.open(connmgr)
+            b = await fake_connections.open(connmgr, peer_ids())
+            c = await fake_connections.open(connmgr, fake_connections.peer())
+            assert [a.peer, b.peer, c.peer] == ["peer-1", "peer-2", "peer-3"]
+            connmgr.protect(b.peer, "keep")
+            result = await force_round(connmgr)
+            assert set(result.pruned) == {a, c}
+        """,
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_a_stateful_marker_option_serves_one_test(pytester: pytest.Pytester) -> None:
+    write_suite(
+        pytester,
+        """
+        import pytest
+        import trio_connmgr as cm
+        from trio_connmgr.testing import FakeSensors
+
+        kit = FakeSensors()
+        pytestmark = pytest.mark.connmgr(
+            limits=cm.Limits(low=10, high=20), sensing=kit.sensing(kit.sensor())
+        )
+
+
+        @pytest.mark.parametrize("run", [1, 2])
+        async def test_twice(connmgr, run):
+            pass
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*the connmgr marker's sensing=* was already used by an earlier test's manager*"]
+    )
+
+
+def test_the_fixtures_close_under_a_manual_clock(pytester: pytest.Pytester) -> None:
+    """Closing awaits close() callbacks that sleep: nothing else moves a manual clock."""
+    write_suite(
+        pytester,
+        """
+        import pytest
+        import trio_connmgr as cm
+        from trio_connmgr.testing import force_round
+
+
+        @pytest.mark.timeout(10)
+        @pytest.mark.connmgr(limits=cm.Limits(low=1, high=4), grace_period=0)
+        async def test_slow_closes(connmgr, fake_connections, mock_clock):
+            for _ in range(3):
+                fake_connections.track(connmgr, close_delay=0.5)
+            result = await force_round(connmgr)
+            assert len(result.pruned) == 2
+            assert fake_connections.close_calls(result.pruned[0]) == 1
+        """,
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
 def test_importing_the_plugin_is_light() -> None:
     """pytest imports every installed plugin at start-up: the toolkit loads on first use."""
     code = textwrap.dedent(

@@ -97,11 +97,13 @@ async def test_fake_connections_open_close_and_refusal(autojump_clock: object) -
         conns = await fakes.open_many(mgr, 3)
         assert [c.peer for c in conns] == ["peer-1", "peer-2", "peer-3"]
         assert fakes.open_connections == conns
-        tasks_before = len(trio.lowlevel.current_task().parent_nursery.child_tasks)
+        # The holding tasks live in the fakes' own nursery: a refused open leaves none.
+        tasks_before = len(fakes._nursery.child_tasks)
+        assert tasks_before == 3
         with pytest.raises(cm.ConnectionRefused) as refused:
             await fakes.open(mgr, fakes.peer())
         assert refused.value.reason == "hard"
-        assert len(trio.lowlevel.current_task().parent_nursery.child_tasks) == tasks_before
+        assert len(fakes._nursery.child_tasks) == tasks_before
         assert mgr.statistics().connections == 3
         # Outbound dials are never refused by count.
         out = await fakes.open(mgr, "boot", direction="outbound")
@@ -174,10 +176,9 @@ async def test_advance_steps_a_manual_mock_clock(mock_clock: trio.testing.MockCl
         assert_pruned(conns[:3], phase="idle")
         await advance(0)
         assert trio.current_time() == 25
-        with pytest.raises(ValueError, match="non-negative"):
-            await advance(-1)
-        with pytest.raises(ValueError, match="non-negative"):
-            await advance(math.nan)
+        for bad in (-1, math.nan, math.inf):
+            with pytest.raises(ValueError, match="finite number >= 0"):
+                await advance(bad)
 
 
 async def test_wait_idle_never_moves_a_manual_clock(mock_clock: trio.testing.MockClock) -> None:
@@ -751,3 +752,229 @@ async def test_locks_granted_before_sensing_shrinks_low_are_not_a_violation(
         # low shrank, and the budget with it, below the two locks held.
         assert mgr._state.locked_connections == 2
         check_invariants(mgr)
+
+
+# ------------------------------------------- what only the moment of pruning shows
+
+
+def _mutant_regulator(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    protection: bool = True,
+    locks: bool = True,
+    mins: bool = True,
+) -> None:
+    """A regulator that forgets protections, locks or grant.mins, as a bug would."""
+    from trio_connmgr import _regulator
+    from trio_connmgr._core import _planner
+
+    @contextlib.contextmanager
+    def forgetting(state: Any) -> Iterator[None]:
+        protected = dict(state.protected)
+        held = {conn: conn._locks for conn in state.connections.values()}
+        grants = {m: m.grant for m in state.members.values()}
+        if not protection:
+            state.protected.clear()
+        if not locks:
+            for conn in held:
+                conn._locks = ()
+        if not mins:
+            for m, grant in grants.items():
+                m.grant = cm.Grant(0, grant.max)
+        try:
+            yield
+        finally:
+            state.protected.update(protected)
+            for conn, kept in held.items():
+                conn._locks = kept
+            for m, grant in grants.items():
+                m.grant = grant
+
+    def plan_round(state: Any, now: float, **kwargs: Any) -> Generator[None, None, Any]:
+        with forgetting(state):
+            return _planner.plan_now(state, now, **kwargs)
+        yield  # pragma: no cover - a generator, like the real one
+
+    def exclusion(state: Any, conn: cm.Connection, now: float) -> str | None:
+        with forgetting(state):
+            return _planner.exclusion(state, conn, now)
+
+    monkeypatch.setattr(_regulator, "plan_round", plan_round)
+    monkeypatch.setattr(_regulator, "exclusion", exclusion)
+    if not mins:
+        monkeypatch.setattr(_regulator, "below_min", lambda conn: False)
+
+
+async def test_check_invariants_sees_a_protected_peer_pruned(
+    autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _mutant_regulator(monkeypatch, protection=False)
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(low=1, high=3), grace_period=0) as mgr,
+        open_fake_connections() as fakes,
+    ):
+        conns = await fakes.open_many(mgr, 3)
+        mgr.protect(conns[0].peer, "keep")
+        result = await force_round(mgr)
+        assert conns[0] in result.pruned
+        with pytest.raises(AssertionError) as info:
+            check_invariants(mgr, last_round=result)
+        assert f"#{conns[0].id} was pruned though its peer 'peer-1' is protected" in str(
+            info.value
+        )
+        # The protection is still there: the round result remembers, not the check.
+        mgr.unprotect(conns[0].peer, "keep")
+        with pytest.raises(AssertionError, match="is protected \\(invariant 2\\)"):
+            check_invariants(mgr, last_round=result)
+
+
+async def test_check_invariants_sees_a_locked_connection_pruned(
+    autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _mutant_regulator(monkeypatch, locks=False)
+    async with (
+        cm.open_connection_manager(
+            limits=cm.Limits(low=1, high=10), grace_period=0, lock_budget=2
+        ) as mgr,
+        mgr.enroll("/p", quota=cm.Quota(0, 3), scorer=lambda s: s.metadata["score"]) as p,
+        open_fake_connections() as fakes,
+    ):
+        conns = await fakes.open_many(mgr, 3)
+        for conn, score in zip(conns, [0.0, 1.0, 1.0], strict=True):
+            p.track_stream(conn).metadata["score"] = score
+        async with p.lock(next(iter(conns[0].streams)), ttl=60) as lock:
+            result = await force_round(mgr)
+            assert conns[0] in result.pruned
+            assert lock.status == "dropped"
+        with pytest.raises(AssertionError) as info:
+            check_invariants(mgr, last_round=result)
+        assert f"#{conns[0].id} was pruned while a lock protected it" in str(info.value)
+
+
+async def test_check_invariants_sees_a_protocol_taken_below_its_min(
+    autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _mutant_regulator(monkeypatch, mins=False)
+    async with (
+        cm.open_connection_manager(
+            limits=cm.Limits(low=1, high=10), grace_period=0, lock_budget=2
+        ) as mgr,
+        mgr.enroll("/dht", quota=cm.Quota(3, 5)) as dht,
+        open_fake_connections() as fakes,
+    ):
+        conns = await fakes.open_many(mgr, 5)
+        for conn in conns[:3]:
+            dht.track_stream(conn)
+        result = await force_round(mgr, force=False)
+        assert dht.usage < 3
+        with pytest.raises(AssertionError) as info:
+            check_invariants(mgr, last_round=result)
+        assert "below its grant.min of 3, without being a forced take (invariant 3)" in str(
+            info.value
+        )
+
+
+async def test_correct_rounds_pass_the_prune_time_checks(autojump_clock: object) -> None:
+    # The same set-ups with the real regulator: nothing to report.
+    async with (
+        cm.open_connection_manager(
+            limits=cm.Limits(low=1, high=10), grace_period=0, lock_budget=2
+        ) as mgr,
+        mgr.enroll("/dht", quota=cm.Quota(3, 5)) as dht,
+        open_fake_connections() as fakes,
+    ):
+        conns = await fakes.open_many(mgr, 7)
+        for conn in conns[:3]:
+            dht.track_stream(conn)
+        mgr.protect(conns[3].peer, "keep")
+        async with dht.lock(dht.track_stream(conns[4]), ttl=60):
+            result = await force_round(mgr)
+            assert result.pruned
+            check_invariants(mgr, last_round=result)
+            # A forced round revokes the lock (and may go below the min): still correct.
+            result = await force_round(mgr, force=True)
+            assert result.completed.revoked_locks == 1
+            check_invariants(mgr, last_round=result)
+
+
+async def test_a_round_is_judged_by_the_limits_it_worked_to(autojump_clock: object) -> None:
+    from trio_connmgr.testing import FakeSensors
+
+    sensors = FakeSensors()
+    sensor = sensors.sensor(pressure=True)
+    async with cm.open_connection_manager(
+        limits=cm.Limits(low=10, high=20),
+        grace_period=0,
+        silence_period=0,
+        sensing=sensors.sensing(sensor, interval=1),
+    ) as mgr:
+        # Pressure shrinks low and high step by step: each round worked to the
+        # limits of its own time, which later rounds' checks must not use.
+        report = await run_workload(mgr, [w.Connect(count=8), w.Connect(count=8), w.Advance(5)])
+        assert report.rounds >= 2
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(low=2, high=4), grace_period=0) as mgr,
+        open_fake_connections() as fakes,
+        record_rounds(mgr) as rounds,
+    ):
+        await fakes.open_many(mgr, 5)
+        await settle()
+        assert rounds.last is not None
+        assert rounds.last.limits == cm.Limits(low=2, high=4)
+
+
+async def test_default_peers_never_land_on_a_peer_in_use(autojump_clock: object) -> None:
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(low=8, high=16)) as mgr,
+        open_fake_connections(prefix="kad") as fakes,
+    ):
+        named = await fakes.open(mgr, "kad-2")
+        first, second = await fakes.open_many(mgr, 2)
+        assert (named.peer, first.peer, second.peer) == ("kad-2", "kad-1", "kad-3")
+        assert fakes.track(mgr).peer == "kad-4"
+        assert fakes.peer() == "kad-5"
+        async with open_fake_connection(mgr) as plain:
+            assert plain.peer == "peer-1"
+        # open_fake_connection counts per manager, skipping peers in use.
+        await fakes.open(mgr, "peer-2")
+        async with open_fake_connection(mgr) as plain:
+            assert plain.peer == "peer-3"
+
+
+async def test_run_workload_lifts_its_protections(autojump_clock: object) -> None:
+    async with cm.open_connection_manager(limits=cm.Limits(low=2, high=8), grace_period=0) as mgr:
+        await run_workload(
+            mgr,
+            [w.Connect(count=3), w.Protect(connection=0), w.Protect(connection=1)],
+        )
+        assert not mgr._state.protected
+
+
+async def test_describe_names_the_protocol_a_connection_is_kept_for(
+    autojump_clock: object,
+) -> None:
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(low=1, high=4), grace_period=0) as mgr,
+        mgr.enroll("/dht", quota=cm.Quota(2, 4)) as dht,
+        open_fake_connections() as fakes,
+    ):
+        conns = await fakes.open_many(mgr, 3)
+        for conn in conns[:2]:
+            dht.track_stream(conn)
+        assert describe(conns[0]).endswith("[/dht]: open (kept for the grant.min of '/dht')")
+        assert describe(conns[2]).endswith(": open (prunable)")
+        mgr.protect(conns[2].peer, "keep")
+
+        def no_clock() -> float:
+            raise RuntimeError("must be called from async context")
+
+        # Without a clock (outside a Trio run) a grace period cannot be told,
+        # but a protection still can.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(trio, "current_time", no_clock)
+            assert describe(conns[2]).endswith(": open (its peer is protected)")
+
+
+async def test_assert_pruned_refuses_to_check_nothing() -> None:
+    with pytest.raises(AssertionError, match="given no connections: nothing was checked"):
+        assert_pruned([], phase="idle")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from collections.abc import Iterable
@@ -22,7 +21,8 @@ def describe(conn: Connection) -> str:
     """One line saying what became of ``conn``: pruned (and why), closed, or open.
 
     For an open connection it says whether a round could prune it now (grace,
-    protected, locked) and which protocols use it; for a pruned one it gives its
+    protected, locked, kept for a protocol's ``grant.min``) and which protocols
+    use it; for a pruned one it gives its
     :class:`PruneReason` in words::
 
         #3 peer='peer-3' inbound: pruned by phase burst(/kad) #1, tally 0.000, trigger trim
@@ -34,14 +34,21 @@ def describe(conn: Connection) -> str:
         if conn.prune_reason is not None:
             return f"{head}: pruned by phase {conn.prune_reason}"
         return f"{head}: {conn.close_reason}, not pruned"
-    why = None
-    with contextlib.suppress(RuntimeError):  # outside of a Trio run: no clock to ask
-        why = exclusion(conn._state, conn, trio.current_time())
+    try:
+        now = trio.current_time()
+    except RuntimeError:  # outside of a Trio run: no clock to tell a grace period by
+        now = math.inf
+    why = exclusion(conn._state, conn, now)
+    if why is None:
+        # What a round checks last: pruning it would take a protocol below its grant.min.
+        kept = [m.name for m in conn._protocols if m.usage <= m.grant.min]
+        if kept:
+            return f"{head}: open (kept for the grant.min of {', '.join(map(repr, kept))})"
+        return f"{head}: open (prunable)"
     detail = {
         "protected": "its peer is protected",
         "locked": "a lock protects it",
         "grace": "in its grace period",
-        None: "prunable",
     }.get(why, why)
     return f"{head}: open ({detail})"
 
@@ -87,17 +94,22 @@ def assert_pruned(
         forced: Whether they must (or must not) have been taken below a
             ``grant.min`` by a forced round.
         in_order: Also require that they were pruned in the given order
-            (strictly ascending ranks, within one round).
+            (strictly ascending ranks; ranks count within a round, so pass
+            connections of one round).
 
     Raises:
-        AssertionError: naming every connection that does not match and what
-            happened to it instead, for example::
+        AssertionError: if ``conns`` is empty (an assertion about no
+            connection checks nothing, most often by mistake), or naming every
+            connection that does not match and what happened to it instead,
+            for example::
 
                 2 of 3 connections were not pruned as expected (phase=burst):
                   #4 peer='peer-4' inbound [/chat]: open (prunable)
                   #5 peer='peer-5' inbound: pruned by phase idle #1, tally 0.000, ...
     """
     conns = _as_list(conns)
+    if not conns:
+        raise AssertionError("assert_pruned() was given no connections: nothing was checked")
     want: dict[str, object] = {}
     if phase is not None:
         phase = _phase(phase)

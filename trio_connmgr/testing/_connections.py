@@ -46,20 +46,36 @@ class PeerIds:
         return [self() for _ in range(n)]
 
 
-# Default peer ids count per manager, so they do not depend on other tests.
+# Default peer ids of open_fake_connection count per manager, so they do not
+# depend on other tests.
 _default_peers: weakref.WeakKeyDictionary[ConnectionManager, PeerIds] = weakref.WeakKeyDictionary()
 
 
-def default_peer(manager: ConnectionManager) -> str:
-    """The peer id a fake connection gets when none is given.
+def _fresh_peers(manager: ConnectionManager, peers: PeerIds, n: int) -> list[str]:
+    """The next ``n`` ids of ``peers`` that no connection counted by ``manager`` has.
 
-    ``"peer-1"``, ``"peer-2"``, ... counted per manager: the n-th fake connection
-    opened on a manager without a peer gets ``"peer-<n>"``.
+    Skipping the ids in use keeps a default id from landing on a peer the test
+    named itself (protecting one would protect both).
+    """
+    in_use = {conn.peer for conn in manager._state.connections.values()}
+    fresh: list[str] = []
+    while len(fresh) < n:
+        peer = peers()
+        if peer not in in_use:
+            fresh.append(peer)
+    return fresh
+
+
+def default_peer(manager: ConnectionManager) -> str:
+    """The peer id :func:`open_fake_connection` gives when none is given.
+
+    ``"peer-1"``, ``"peer-2"``, ... counted per manager, skipping ids that a
+    connection counted by the manager already has.
     """
     peers = _default_peers.get(manager)
     if peers is None:
         peers = _default_peers[manager] = PeerIds()
-    return peers()
+    return _fresh_peers(manager, peers, 1)[0]
 
 
 @asynccontextmanager
@@ -73,8 +89,9 @@ async def open_fake_connection(
     """Count an in-memory connection for the duration of an ``async with`` block.
 
     A thin wrapper over :meth:`ConnectionManager.connection` with a default peer
-    id (``"peer-<n>"``, counted per manager) and direction (``"inbound"``): the body runs
-    in the connection's cancel scope, so pruning cancels it quietly and
+    id (``"peer-<n>"``, counted per manager, see :func:`default_peer`) and
+    direction (``"inbound"``): the body runs in the connection's cancel scope,
+    so pruning cancels it quietly and
     ``conn.close_reason``/``conn.prune_reason`` say why afterwards::
 
         async with open_fake_connection(mgr) as conn:
@@ -121,16 +138,24 @@ class FakeConnections:
         await fake_connections.close(conn)                        # the remote hung up
         assert fake_connections.close_calls(tracked) <= 1
 
+    Connections opened without a peer get the next id of :attr:`peers` that no
+    connection counted by the manager has (``"peer-1"``, ``"peer-2"``, ...), so
+    a default id never lands on a peer the test chose: ids from :meth:`peer`
+    come from the same counter, and the pytest fixtures give ``peer_ids`` the
+    same counter as well.
+
     Attributes:
         opened: Every connection opened through it, in order (open or closed).
-        peers: The :class:`PeerIds` used by :meth:`peer`.
+        peers: The :class:`PeerIds` that default peers and :meth:`peer` come from.
     """
 
-    def __init__(self, nursery: trio.Nursery, *, prefix: str = "peer") -> None:
+    def __init__(
+        self, nursery: trio.Nursery, *, prefix: str = "peer", peers: PeerIds | None = None
+    ) -> None:
         self._nursery = nursery
         self._held: dict[Connection, _Held] = {}
         self.opened: list[Connection] = []
-        self.peers = PeerIds(prefix)
+        self.peers = PeerIds(prefix) if peers is None else peers
 
     def peer(self) -> str:
         """A fresh peer id from :attr:`peers`."""
@@ -171,12 +196,13 @@ class FakeConnections:
     ) -> Connection:
         """Open a connection held by a new task; return it once it is counted.
 
-        ``peer`` defaults to ``"peer-<n>"`` (counted per manager). Blocks only until the
-        connection is admitted. Raises :class:`ConnectionRefused` if admission
-        refuses it (nothing is left running then).
+        ``peer`` defaults to the next id of :attr:`peers` not in use on
+        ``manager``. Blocks only until the connection is admitted. Raises
+        :class:`ConnectionRefused` if admission refuses it (nothing is left
+        running then).
         """
         if peer is None:
-            peer = default_peer(manager)
+            peer = _fresh_peers(manager, self.peers, 1)[0]
         conn: Connection = await self._nursery.start(self._hold, manager, peer, direction, address)
         return conn
 
@@ -189,7 +215,8 @@ class FakeConnections:
         address: str | None = None,
     ) -> list[Connection]:
         """Open ``n`` connections with default peer ids, one after the other."""
-        return [await self.open(manager, direction=direction, address=address) for _ in range(n)]
+        peers = _fresh_peers(manager, self.peers, n)
+        return [await self.open(manager, p, direction=direction, address=address) for p in peers]
 
     def track(
         self,
@@ -205,10 +232,10 @@ class FakeConnections:
         Synchronous. Its ``close()`` callback sleeps ``close_delay`` seconds (on
         the manager clock) and is counted: :meth:`close_calls` tells how many
         times the manager awaited it (SPEC invariant 7: exactly once when pruned,
-        never after ``conn.release()``).
+        never after ``conn.release()``). ``peer`` defaults as for :meth:`open`.
         """
         if peer is None:
-            peer = default_peer(manager)
+            peer = _fresh_peers(manager, self.peers, 1)[0]
         held = _Held(tracked=True)
 
         async def close() -> None:
@@ -252,15 +279,20 @@ class FakeConnections:
 
 
 @asynccontextmanager
-async def open_fake_connections(*, prefix: str = "peer") -> AsyncIterator[FakeConnections]:
+async def open_fake_connections(
+    *, prefix: str = "peer", peers: PeerIds | None = None
+) -> AsyncIterator[FakeConnections]:
     """A :class:`FakeConnections` whose tasks live for an ``async with`` block.
+
+    Its default peer ids are ``"<prefix>-<n>"``, or come from ``peers`` (a
+    :class:`PeerIds` shared with the test's own ids, so that they never meet).
 
     On exit, every connection it still holds is closed from the remote side and
     its task is awaited; tracked connections are released. Entering checkpoints;
     exiting waits for the holding tasks (they end at once).
     """
     async with trio.open_nursery() as nursery:
-        connections = FakeConnections(nursery, prefix=prefix)
+        connections = FakeConnections(nursery, prefix=prefix, peers=peers)
         try:
             yield connections
         finally:

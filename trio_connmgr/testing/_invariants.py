@@ -45,22 +45,25 @@ def check_invariants(
       lock sits on its stream's open connection and is counted for its protocol;
     - **regulation** (§12.6): no round has failed, unless
       ``allow_round_failures``;
-    - **the last round**, if given (§12.1, 2, 4, 7): after a round that started
-      above ``high``, ``count_after - arrived <= max(low, unprunable)`` (the
-      connections that arrived after it planned were not its to prune); with a
-      :class:`RoundResult`, also: each pruned connection is closed as
-      ``"pruned"`` with no open stream, was past its grace period, victims have
+    - **the last round**, if given (§12.1, 2, 3, 4, 7): after a round that
+      started above ``high``, ``count_after - arrived <= max(low, unprunable)``
+      (the connections that arrived after it planned were not its to prune);
+      with a :class:`RoundResult`, ``low`` and ``high`` are the limits as the
+      round completed, and also: each pruned connection is closed as
+      ``"pruned"`` with no open stream, was past its grace period, was not of
+      a protected peer nor under a held lock when pruned, victims have
       distinct ranks with burst-phase victims first, and only a forced round
-      took a protocol below its ``grant.min``, after every other victim (a
-      burst-only connection taken that way comes last, as the last resort);
+      took a protocol below its ``grant.min`` (each such take marked forced),
+      after every other victim (a burst-only connection taken that way comes
+      last, as the last resort);
     - **a closed manager** (§12.8): no connection, no enrollment left.
 
     Args:
         manager: The manager to check.
         last_round: The latest round: from :func:`force_round`, from
             :func:`record_rounds`, or a :class:`trio_connmgr.RoundCompleted`
-            event. Pass it right after the round (or before the effective
-            ``low`` changes).
+            event. A bare event carries no limits: pass it right after the
+            round (before the effective ``low`` changes).
         allow_round_failures: Do not fail because a round raised (for tests that
             inject failures on purpose).
 
@@ -263,15 +266,20 @@ def _check_locks(state: State, problems: list[str]) -> None:
 def _check_round(
     state: State, last_round: RoundResult | RoundCompleted, problems: list[str]
 ) -> None:
+    low, high = state.low, state.high
     if isinstance(last_round, RoundResult):
         completed = last_round.completed
         pruned: Iterable[Connection] = last_round.pruned
+        if last_round.limits is not None:
+            # The limits the round worked to: sensing may have changed them since.
+            low, high = last_round.limits.low, last_round.limits.high
+        problems.extend(last_round._violations)
     else:
         completed = last_round
         pruned = ()
-    if completed.count_before > state.high:
+    if completed.count_before > high:
         # Connections that arrived after the round last planned are not its to prune.
-        bound = max(state.low, completed.unprunable)
+        bound = max(low, completed.unprunable)
         if completed.count_after - completed.arrived > bound:
             arrived = (
                 f" ({completed.arrived} of them opened after it planned)"
@@ -280,8 +288,8 @@ def _check_round(
             )
             problems.append(
                 f"round {completed.number} ({completed.trigger}) started at count "
-                f"{completed.count_before} > high={state.high} and left {completed.count_after} "
-                f"connections{arrived}, above max(low={state.low}, "
+                f"{completed.count_before} > high={high} and left {completed.count_after} "
+                f"connections{arrived}, above max(low={low}, "
                 f"unprunable={completed.unprunable}) (invariant 1)"
             )
     pruned = list(pruned)

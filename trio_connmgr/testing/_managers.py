@@ -11,6 +11,7 @@ import trio
 from .._config import Limits
 from .._errors import ConfigError
 from .._manager import ConnectionManager, open_connection_manager
+from ._time import _MIN_STEP, _manual_clock, settle
 
 DEFAULT_LIMITS = Limits(low=4, high=8)
 """The limits of managers opened without ``limits=``: small, so tests stay readable."""
@@ -93,7 +94,7 @@ class ManagerFactory:
         for opened in self._opened:
             if opened.manager is manager:
                 opened.release.set()
-                await opened.closed.wait()
+                await _wait_closed(opened)
                 return
         raise ConfigError(f"{manager!r} was not opened by this factory")
 
@@ -101,7 +102,25 @@ class ManagerFactory:
         """Close every manager still open, newest first, and wait for each."""
         for opened in reversed(self._opened):
             opened.release.set()
-            await opened.closed.wait()
+            await _wait_closed(opened)
+
+
+async def _wait_closed(opened: _Opened) -> None:
+    """Wait until a released manager has closed.
+
+    Closing awaits the ``close()`` of pruned tracked connections, which may sleep
+    on the clock (bounded by ``close_timeout``). Under a manual ``MockClock``
+    nothing else moves that clock at the end of a test: step it from deadline to
+    deadline, as :func:`advance` does, until the manager has closed.
+    """
+    clock = _manual_clock()
+    while clock is not None and not opened.closed.is_set():
+        await settle()
+        step = trio.lowlevel.current_statistics().seconds_to_next_deadline
+        if opened.closed.is_set() or step == float("inf"):
+            break
+        clock.jump(max(step, _MIN_STEP))
+    await opened.closed.wait()
 
 
 @asynccontextmanager
@@ -109,7 +128,9 @@ async def open_manager_factory() -> AsyncIterator[ManagerFactory]:
     """A :class:`ManagerFactory` whose managers close when the ``async with`` block ends.
 
     Exiting closes every manager still open, newest first, and waits for them
-    (closing a manager awaits its tracked connections' ``close()`` callbacks).
+    (closing a manager awaits its tracked connections' ``close()`` callbacks;
+    under a manual ``MockClock`` it moves the clock for those that sleep, from
+    deadline to deadline, as :func:`advance` does).
     """
     async with trio.open_nursery() as nursery:
         factory = ManagerFactory(nursery)

@@ -34,6 +34,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+# Options of open_connection_manager whose objects keep state from one manager
+# to the next (a sensing controller, admission buckets, triggers' history).
+_STATEFUL_OPTIONS = ("sensing", "admission", "triggers")
+# Those objects, by id, once a connmgr fixture has used them (kept alive, so an
+# id is never reused for another object during the session).
+_used_options = pytest.StashKey[dict[int, object]]()
+
 if TYPE_CHECKING:
     from trio_connmgr import ConnectionManager
     from trio_connmgr.testing import FakeConnections, ManagerFactory, PeerIds
@@ -76,7 +83,11 @@ async def connmgr(
     """A connection manager open for the whole test.
 
     Its arguments come from the closest ``connmgr`` marker (default: only
-    ``limits=Limits(low=4, high=8)``)::
+    ``limits=Limits(low=4, high=8)``; a method's marker replaces its class's or
+    module's, it is not merged with them). A marker's values are shared by every
+    test it applies to, so a stateful ``sensing``, ``admission`` or trigger in
+    it serves one test only (a second raises ``pytest.UsageError``): build those
+    in the test with ``connmgr_factory``::
 
         @pytest.mark.connmgr(limits=cm.Limits(low=2, high=4), grace_period=0)
         async def test_prunes(connmgr, fake_connections):
@@ -90,11 +101,37 @@ async def connmgr(
             "(those of open_connection_manager), got positional ones"
         )
     options = dict(marker.kwargs) if marker is not None else {}
+    _claim_stateful_options(request, options)
     return await connmgr_factory(**options)
 
 
+def _claim_stateful_options(request: pytest.FixtureRequest, options: dict[str, object]) -> None:
+    """Refuse a stateful option object that an earlier test's ``connmgr`` used.
+
+    A marker's values are built once and shared by every test it applies to (a
+    module's ``pytestmark``, a class, a parametrized test): a ``Sensing``, an
+    ``Admission`` or a trigger would carry one test's state into the next, and
+    results would depend on the order the tests run in.
+    """
+    used = request.config.stash.setdefault(_used_options, {})
+    for name in _STATEFUL_OPTIONS:
+        value = options.get(name)
+        objects = value if name == "triggers" and isinstance(value, (list, tuple)) else [value]
+        for obj in objects:
+            if obj is None:
+                continue
+            if id(obj) in used:
+                raise pytest.UsageError(
+                    f"the connmgr marker's {name}={obj!r} was already used by an earlier "
+                    "test's manager: a marker's values are shared by every test it applies "
+                    "to, and this one would carry that test's state. Build it in each test "
+                    "(await connmgr_factory(..., " + name + "=...)) or in a fixture."
+                )
+            used[id(obj)] = obj
+
+
 @pytest.fixture
-async def fake_connections() -> AsyncIterator[FakeConnections]:
+async def fake_connections(peer_ids: PeerIds) -> AsyncIterator[FakeConnections]:
     """In-memory connections on any manager, each held open by a task until it closes.
 
     ::
@@ -109,13 +146,17 @@ async def fake_connections() -> AsyncIterator[FakeConnections]:
     """
     from trio_connmgr.testing import open_fake_connections
 
-    async with open_fake_connections() as connections:
+    async with open_fake_connections(peers=peer_ids) as connections:
         yield connections
 
 
 @pytest.fixture
 def peer_ids() -> PeerIds:
-    """A factory of readable peer ids: ``peer_ids()`` → ``"peer-1"``, ``"peer-2"``, ..."""
+    """A factory of readable peer ids: ``peer_ids()`` → ``"peer-1"``, ``"peer-2"``, ...
+
+    The same counter gives ``fake_connections`` its default peers, so an id
+    from here never lands on a fake connection's default peer (or the other way).
+    """
     from trio_connmgr.testing import PeerIds
 
     return PeerIds()

@@ -11,11 +11,13 @@ import attrs
 import trio
 import trio.testing
 
+from .._config import Limits
 from .._core._events import (
     ConnectionClosed,
     ConnectionOpened,
     ConnectionPruned,
     Event,
+    LockReleased,
     RoundCompleted,
 )
 from .._core._state import PRUNED
@@ -23,7 +25,6 @@ from .._core._state import PRUNED
 if TYPE_CHECKING:
     from .._core._planner import PruneReason
     from .._core._state import Connection
-    from .._events import EventReceiver
     from .._manager import ConnectionManager
 
 # Smallest manual clock step: float rounding may leave a deadline a hair ahead.
@@ -68,8 +69,8 @@ async def advance(seconds: float) -> None:
     Each task woken at ``now + seconds`` has run when it returns. ``seconds``
     may be 0 (then it only settles). Always checkpoints.
     """
-    if not seconds >= 0:
-        raise ValueError(f"advance seconds must be a non-negative number, got {seconds!r}")
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"advance seconds must be a finite number >= 0, got {seconds!r}")
     clock = _manual_clock()
     if clock is None:
         await trio.sleep(seconds)
@@ -129,10 +130,17 @@ class RoundResult:
             ``close_reason == "pruned"`` and a ``prune_reason``).
         completed: Its :class:`trio_connmgr.RoundCompleted` event (trigger,
             counts before and after, victims by phase, unprunable connections).
+        limits: The manager's effective limits as the round completed (sensing
+            may change them afterwards); ``None`` if not recorded.
     """
 
     pruned: tuple[Connection, ...]
     completed: RoundCompleted
+    limits: Limits | None = None
+    # What was seen as each victim was pruned and cannot be seen afterwards
+    # (its peer protected, a lock dropped with it, a protocol taken below its
+    # grant.min), in the words check_invariants reports.
+    _violations: tuple[str, ...] = attrs.field(default=(), repr=False, alias="violations")
 
     @property
     def reasons(self) -> tuple[PruneReason, ...]:
@@ -150,26 +158,13 @@ async def force_round(manager: ConnectionManager, *, force: bool = False) -> Rou
 
     Blocks for the round and then as :func:`wait_idle` does.
     """
-    async with manager.subscribe() as events:
-        pruned = await manager.trim(force=force)
-        completed = _last_round(events)
+    async with record_rounds(manager) as recorder:
+        await manager.trim(force=force)
     await wait_idle(manager)
-    ranked = sorted(pruned, key=lambda c: c.prune_reason.rank if c.prune_reason else 0)
-    return RoundResult(tuple(ranked), completed)
-
-
-def _last_round(events: EventReceiver) -> RoundCompleted:
-    last: RoundCompleted | None = None
-    while True:
-        try:
-            event = events.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel):
-            break
-        if isinstance(event, RoundCompleted):
-            last = event
-    if last is None:  # pragma: no cover - run_round always records its round
+    result = recorder.last
+    if result is None:  # pragma: no cover - trim() always completes its round
         raise AssertionError("the round emitted no RoundCompleted event")
-    return last
+    return result
 
 
 @final
@@ -185,6 +180,9 @@ class RoundRecorder:
         # Connections by id, so that a prune event can name the object.
         self._known: dict[int, Connection] = dict(manager._state.connections)
         self._pending: list[Connection] = []
+        self._violations: list[str] = []
+        # Connections whose held lock was just dropped because they closed.
+        self._dropped_locks: set[int] = set()
         self.rounds: list[RoundResult] = []
 
     def _on_event(self, event: Event) -> None:
@@ -194,16 +192,57 @@ class RoundRecorder:
             conn = self._state.connections.get(event.connection_id)
             if conn is not None:
                 self._known[conn.id] = conn
+        elif isinstance(event, LockReleased):
+            if event.how == "dropped":
+                self._dropped_locks.add(event.connection_id)
         elif isinstance(event, ConnectionPruned):
             conn = self._known.get(event.connection_id)
             # Not an eviction by admission at hard (outside any round).
             if conn is not None and conn.close_reason == PRUNED:
                 self._pending.append(conn)
+                self._inspect(conn, event)
         elif isinstance(event, ConnectionClosed):
             self._known.pop(event.connection_id, None)
+            self._dropped_locks.discard(event.connection_id)
         elif isinstance(event, RoundCompleted):
-            self.rounds.append(RoundResult(tuple(self._pending), event))
+            state = self._state
+            self.rounds.append(
+                RoundResult(
+                    tuple(self._pending),
+                    event,
+                    Limits(state.low, state.high, state.hard),
+                    violations=tuple(self._violations),
+                )
+            )
             self._pending = []
+            self._violations = []
+
+    def _inspect(self, conn: Connection, event: ConnectionPruned) -> None:
+        """Check what only the moment of pruning shows (SPEC §12.2 and §12.3).
+
+        The connection's streams are closed and its usage given back by now;
+        its locks, if it held any, were just dropped with it.
+        """
+        state = self._state
+        if conn.peer in state.protected:
+            self._violations.append(
+                f"connection #{conn.id} was pruned though its peer {conn.peer!r} is protected "
+                "(invariant 2)"
+            )
+        if conn.id in self._dropped_locks:
+            self._violations.append(
+                f"connection #{conn.id} was pruned while a lock protected it; a round revokes "
+                "a lock before pruning its connection (invariant 2)"
+            )
+        if not event.reason.forced:
+            for name in event.protocols:
+                member = state.members.get(name)
+                if member is not None and member.usage < member.grant.min:
+                    self._violations.append(
+                        f"pruning connection #{conn.id} ({event.reason}) took {name!r} to "
+                        f"usage {member.usage}, below its grant.min of {member.grant.min}, "
+                        "without being a forced take (invariant 3)"
+                    )
 
     @property
     def last(self) -> RoundResult | None:

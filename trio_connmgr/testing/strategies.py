@@ -75,7 +75,7 @@ __all__ = [
 
 @st.composite
 def limits(draw: st.DrawFn, *, max_high: int = 20, hard: bool | None = None) -> Limits:
-    """Valid :class:`Limits`: ``1 <= low <= high <= max_high``, ``hard`` above ``high``.
+    """Valid :class:`Limits`: ``1 <= low <= high <= max_high``, ``high <= hard <= 2 * max_high``.
 
     Args:
         max_high: Largest ``high`` generated (keep it small: workloads are short).

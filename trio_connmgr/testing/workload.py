@@ -17,7 +17,7 @@ That is what lets Hypothesis generate and shrink them freely
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
@@ -252,6 +252,8 @@ class _Runner:
         self.members: dict[int, _Member] = {}
         self.streams: list[Stream] = []
         self.locks: list[Lock] = []
+        # Peers it protected under the tag "workload" (taken off at the end).
+        self.protected: set[Hashable] = set()
 
     def _member(self, index: int) -> _Member | None:
         """The ``index``-th enrolled protocol (modulo their number, in name order)."""
@@ -368,8 +370,10 @@ class _Runner:
             peer = live[op.connection % len(live)].peer
             if op.protect:
                 self.manager.protect(peer, "workload")
+                self.protected.add(peer)
             else:
                 self.manager.unprotect(peer, "workload")
+                self.protected.discard(peer)
             await trio.lowlevel.checkpoint()
             return True
         if isinstance(op, Advance):
@@ -428,8 +432,9 @@ async def run_workload(
     end), connections by :class:`FakeConnections`. Expected refusals
     (``ConnectionRefused``, ``QuotaDenied``, ``LockDenied``) are counted in the
     report, not raised. At the end every protocol leaves, every lock and burst
-    is released and every remaining connection is closed from the remote side,
-    and the runner waits until the manager is idle; the manager stays open.
+    is released, the peers it protected are unprotected, every remaining
+    connection is closed from the remote side, and the runner waits until the
+    manager is idle; the manager stays open.
 
     Args:
         manager: A live manager (for determinism, run under a ``MockClock``).
@@ -463,6 +468,8 @@ async def run_workload(
                 for burst in member.bursts:
                     await burst.__aexit__(None, None, None)
                 member.leave.set()
+            for peer in runner.protected:
+                manager.unprotect(peer, "workload")
             connections._shutdown()
     if failure is not None:
         raise failure
