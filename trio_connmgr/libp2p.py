@@ -10,8 +10,10 @@ manager (install the ``libp2p`` extra: ``pip install 'trio_connmgr[libp2p]'``):
 - a stream is tracked under the enrollment whose name equals its protocol id,
   as soon as the protocol is negotiated; streams of protocols nobody enrolled
   only count as activity on their connection;
-- a prune resets the connection's streams and closes the py-libp2p connection;
-  a connection that py-libp2p closes by itself is released;
+- a prune resets the connection's streams and closes the py-libp2p connection
+  (tearing its transport down if a peer that stopped reading holds that up);
+  a connection that py-libp2p closes by itself is released as soon as it
+  starts closing;
 - dials (``Swarm.dial_peer``, which ``host.connect`` and ``host.new_stream``
   use) are reported to :meth:`ConnectionManager.report_dial`;
 - py-libp2p's own trimming (its ``ConnectionPruner``) and its auto-connector
@@ -34,6 +36,7 @@ import trio
 
 try:
     from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+    from libp2p.network.exceptions import SwarmDialAllFailedError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "trio_connmgr.libp2p needs py-libp2p: pip install 'trio_connmgr[libp2p]'"
@@ -43,7 +46,7 @@ from ._config import Direction
 from ._core._state import Connection, Stream
 from ._enrollment import Enrollment
 from ._errors import ConfigError, ConnectionRefused, ManagerClosed
-from ._manager import ConnectionManager, check_manager
+from ._manager import ConnectionManager, _carries_cancelled, check_manager
 
 __all__ = ["Attachment", "attach"]
 
@@ -80,6 +83,50 @@ def _remote_ip(conn: INetConn) -> str | None:
     if isinstance(remote, tuple | list) and len(remote) >= 2:
         return str(remote[0])
     return None
+
+
+def _stream_done(stream: INetStream) -> bool:
+    """Whether both directions of ``stream`` have ended (or it was reset).
+
+    py-libp2p notifies ``closed_stream`` only when local code closes or resets a
+    stream: one the remote ended stays in the swarm until then.
+    """
+    muxed = getattr(stream, "muxed_stream", None)
+    if getattr(muxed, "closed", False) is True:  # yamux: both ways closed, or reset
+        return True
+    reset = getattr(muxed, "event_reset", None)
+    if reset is not None and reset.is_set():  # mplex
+        return True
+    local = getattr(muxed, "event_local_closed", None)
+    remote = getattr(muxed, "event_remote_closed", None)
+    return local is not None and remote is not None and local.is_set() and remote.is_set()
+
+
+async def _abort(conn: INetConn) -> None:
+    """Tear ``conn`` down under writes blocked on a peer that does not read.
+
+    Closing the secured transport closes the socket, which fails the blocked
+    writes at once (and releases yamux's write lock); py-libp2p's own close then
+    goes through quickly: it removes the connection from the swarm and notifies
+    ``disconnected``.
+    """
+    muxed = conn.muxed_conn
+    secured = getattr(muxed, "secured_conn", None)
+    if secured is not None:
+        try:
+            await secured.close()
+        except Exception:
+            logger.debug("closing the transport of %r failed", conn, exc_info=True)
+    if not conn.is_closed:
+        await conn.close()
+        return
+    # The graceful close was cut short after it began: finish its clean-up, unless
+    # it already took the connection out of the swarm.
+    swarm = getattr(conn, "swarm", None)
+    live = getattr(swarm, "connections", {}).get(muxed.peer_id, ())
+    cleanup = getattr(conn, "_cleanup", None)
+    if conn in live and cleanup is not None:
+        await cleanup()
 
 
 @final
@@ -139,6 +186,8 @@ class Attachment:
         self._conns: dict[INetConn, Connection] = {}
         self._refused: set[INetConn] = set()
         self._streams: dict[INetStream, Stream] = {}
+        # The tracked streams of each connection (to forget them with it).
+        self._conn_streams: dict[INetConn, set[INetStream]] = {}
         self._dials: dict[Hashable, list[_Dial]] = {}
         self._original_dial: Callable[[Any], Awaitable[Any]] | None = None
         self.closed = False
@@ -195,6 +244,9 @@ class Attachment:
         except ManagerClosed:
             return None
         self._conns[conn] = tracked
+        closing = getattr(conn, "event_closed", None)
+        if closing is not None:
+            self._nursery.start_soon(self._release_when_closing, conn, closing)
         if direction is Direction.OUTBOUND:
             for dial in self._dials.get(peer, ()):
                 if dial.connected is None:
@@ -203,26 +255,55 @@ class Attachment:
             self._stream_opened(stream)
         return tracked
 
+    async def _release_when_closing(self, conn: INetConn, closing: trio.Event) -> None:
+        """Release ``conn`` as soon as py-libp2p starts closing it.
+
+        Its ``disconnected`` notification comes only once the close is done
+        (after two 0.1 s pauses in py-libp2p 0.8.1): meanwhile a round would
+        count a connection already going and prune another in its place.
+        """
+        await closing.wait()
+        self._forget(conn)
+
     def _forget(self, conn: INetConn) -> None:
-        """py-libp2p reported (or the sweep found) ``conn`` closed: stop counting it."""
+        """py-libp2p closed (or is closing) ``conn``, or the sweep found it gone: release it."""
         self._refused.discard(conn)
         tracked = self._conns.pop(conn, None)
         if tracked is None:
             return
-        for stream in [s for s, t in self._streams.items() if t.connection is tracked]:
-            del self._streams[stream]
+        for stream in self._conn_streams.pop(conn, ()):
+            self._streams.pop(stream, None)
         tracked.release()
 
     async def _close_connection(self, conn: INetConn) -> None:
-        """The manager's ``close`` callback (pruned, or the manager closing)."""
-        # Reset the streams first: a remote handler blocked in read() then wakes
-        # with StreamReset at once instead of waiting on the connection's close.
-        for stream in list(conn.get_streams()):
-            try:
-                await stream.reset()
-            except Exception:
-                logger.debug("resetting %r before closing its connection failed", stream)
-        await conn.close()
+        """The manager's ``close`` callback (pruned, or the manager closing).
+
+        Runs under the manager's ``close_timeout``. The graceful close gets half
+        of it: a peer that stopped reading leaves yamux's writes blocked on a
+        full socket, and then the transport is torn down under them.
+        """
+        try:
+            with trio.move_on_after(self._manager.close_timeout / 2):
+                # Reset the streams first: a remote handler blocked in read() then
+                # wakes with StreamReset at once instead of waiting on the close.
+                for stream in list(conn.get_streams()):
+                    try:
+                        await stream.reset()
+                    except Exception:
+                        logger.debug("resetting %r before closing its connection failed", stream)
+                await conn.close()
+                return
+            logger.warning(
+                "closing the py-libp2p connection to %s did not finish within %ss "
+                "(does the peer read?): closing its transport",
+                conn.muxed_conn.peer_id,
+                self._manager.close_timeout / 2,
+            )
+            await _abort(conn)
+        finally:
+            # Forget it whatever happened: if it is still open after all, the
+            # sweep finds it and counts it again.
+            self._forget(conn)
 
     async def _close_refused(self, conn: INetConn) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
@@ -232,7 +313,8 @@ class Attachment:
                 logger.exception("closing a refused connection failed")
 
     def _sweep_once(self) -> None:
-        """Reconcile with the swarm: release vanished connections, adopt missed ones."""
+        """Reconcile with the swarm: release vanished connections, adopt missed ones,
+        close the tracked streams that both ends have finished."""
         swarm = self._swarm
         live: dict[Any, list[INetConn]] = getattr(swarm, "connections", {})
         for conn in list(self._conns):
@@ -242,6 +324,8 @@ class Attachment:
         for conn in swarm.get_connections():
             if conn not in self._conns and conn not in self._refused:
                 self._adopt(conn)
+        for stream in [s for s in self._streams if _stream_done(s)]:
+            self._stream_closed(stream)
 
     async def _run_sweeper(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -291,10 +375,14 @@ class Attachment:
         self._streams[stream] = member.track_stream(
             tracked, direction=_direction(stream, "_direction")
         )
+        self._conn_streams.setdefault(stream.swarm_conn, set()).add(stream)  # type: ignore[attr-defined]
 
     def _stream_closed(self, stream: INetStream) -> None:
         tracked = self._streams.pop(stream, None)
         if tracked is not None:
+            streams = self._conn_streams.get(getattr(stream, "swarm_conn", None))  # type: ignore[arg-type]
+            if streams is not None:
+                streams.discard(stream)
             tracked.close()
             return
         swarm_conn = getattr(stream, "swarm_conn", None)
@@ -324,7 +412,9 @@ class Attachment:
         self._dials.setdefault(peer_id, []).append(dial)
         try:
             result = await original(peer_id)
-        except Exception:
+        except SwarmDialAllFailedError:
+            # Every address was tried and failed. (Other errors dial nothing: no
+            # known address, all filtered out, the local connection cap.)
             if not self.closed:
                 self._manager.report_dial(
                     peer_id, ok=False, latency=trio.current_time() - dial.started
@@ -343,19 +433,41 @@ class Attachment:
         return result
 
 
+def _service_running(swarm: Any) -> bool:
+    """Whether the swarm's service is running (False once ``host.run()`` has ended)."""
+    get_manager = getattr(swarm, "get_manager", None)
+    if get_manager is None:
+        return True  # no way to tell: the other checks decide
+    try:
+        return bool(get_manager().is_running)
+    except Exception:  # LifecycleError: it never ran
+        return False
+
+
 def _check_settings(swarm: Any, manager: ConnectionManager) -> None:
     """Refuse py-libp2p settings that would fight the manager."""
     limits = manager._state.limits
     needed = limits.hard if limits.hard is not None else limits.high
+    which = "hard" if limits.hard is not None else "high"
     config = getattr(swarm, "connection_config", None)
     max_connections = getattr(config, "max_connections", None)
-    if isinstance(max_connections, int) and max_connections < needed:
-        which = "hard" if limits.hard is not None else "high"
+    min_connections = getattr(config, "min_connections", 0)
+    if not isinstance(max_connections, int):
+        return
+    if max_connections <= needed:
         raise ConfigError(
-            f"py-libp2p ConnectionConfig.max_connections={max_connections} is below the "
+            f"py-libp2p ConnectionConfig.max_connections={max_connections} is not above the "
             f"manager's {which}={needed}: py-libp2p would close the connections the manager "
-            f"means to keep; pass new_host(connection_config=ConnectionConfig("
-            f"max_connections=...)) with at least {needed}"
+            "means to keep, and refuse outbound dials (which the manager never refuses by "
+            "count) at that count; pass new_host(connection_config=ConnectionConfig("
+            f"max_connections=...)) well above {needed}"
+        )
+    if isinstance(min_connections, int) and max_connections - min_connections < needed:
+        raise ConfigError(
+            f"py-libp2p admits at most max_connections - min_connections = "
+            f"{max_connections} - {min_connections} = {max_connections - min_connections} "
+            f"inbound connections, below the manager's {which}={needed}; pass "
+            "ConnectionConfig(min_connections=0) and a larger max_connections"
         )
 
 
@@ -376,15 +488,22 @@ async def attach(host: IHost, manager: ConnectionManager) -> AsyncIterator[Attac
 
     Raises:
         ConfigError: ``manager`` is not a ConnectionManager, the host is not
-            running, is already attached, or its
-            ``ConnectionConfig.max_connections`` is below the manager's ``hard``
-            (or ``high`` without ``hard``).
+            running (or its ``host.run()`` has ended), is already attached, or
+            its ``ConnectionConfig`` would fight the manager:
+            ``max_connections`` not above the manager's ``hard`` (or ``high``
+            without ``hard``), or ``max_connections - min_connections`` (its
+            inbound slots) below it.
     """
     await trio.lowlevel.checkpoint()
     check_manager("attach manager", manager)
     swarm: Any = host.get_network()
     started = getattr(swarm, "event_background_nursery_created", None)
-    if started is None or not started.is_set() or getattr(swarm, "_closing", False):
+    if (
+        started is None
+        or not started.is_set()
+        or getattr(swarm, "_closing", False)
+        or not _service_running(swarm)
+    ):
         raise ConfigError("attach() needs a running host: enter it inside host.run(...)")
     if getattr(swarm, "_trio_connmgr_attachment", None) is not None:
         raise ConfigError("this py-libp2p host is already attached to a connection manager")
@@ -416,9 +535,9 @@ async def attach(host: IHost, manager: ConnectionManager) -> AsyncIterator[Attac
             await nursery.start(attachment._run_sweeper)
             try:
                 yield attachment
-            except trio.Cancelled:
-                raise
             except BaseException as exc:
+                if _carries_cancelled(exc):
+                    raise
                 # The body's own error leaves unwrapped, after the cleanup.
                 body_error = exc
         finally:
@@ -431,6 +550,7 @@ async def attach(host: IHost, manager: ConnectionManager) -> AsyncIterator[Attac
                 tracked.release()
             attachment._conns.clear()
             attachment._streams.clear()
+            attachment._conn_streams.clear()
             swarm._trio_connmgr_attachment = None
             with trio.CancelScope(shield=True):
                 if pruner_was_started:
