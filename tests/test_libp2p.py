@@ -400,7 +400,7 @@ async def test_the_sweep_catches_what_notifications_missed(
     for notification in ("connected", "disconnected", "opened_stream"):
         monkeypatch.setattr(libp2p_adapter._Notifee, notification, unheard)
 
-    async def unwatched(self: Any, conn: INetConn, closing: trio.Event) -> None:
+    async def unwatched(self: Any, conn: INetConn, tracked: Any, closing: trio.Event) -> None:
         await trio.lowlevel.checkpoint()
 
     # Nor does the attachment see the close begin.
@@ -500,6 +500,8 @@ async def test_a_connection_closing_by_itself_is_released_at_once() -> None:
                 assert await mgr.trim() == []
                 assert tracked.close_reason == "released"
             assert mgr.statistics().connections == 2
+            # One task watches each connection that is still tracked.
+            assert len(attachment._watchers) == 2
 
 
 async def test_a_pruned_peer_that_stopped_reading_is_torn_down() -> None:
@@ -580,6 +582,7 @@ async def _stalled_peer_pruned(
         assert conn.is_closed
         assert mgr.statistics().close_timeouts == 0
         assert attachment.connection_for(conn) is None
+        assert list(attachment._watchers) == managed.get_network().get_connections()
         # The peer reads again: it finds the connection gone, and closes its side.
         resume.set()
         await until(lambda: remote_side.is_closed)

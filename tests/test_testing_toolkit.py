@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
 import pytest
@@ -851,10 +851,11 @@ async def test_check_invariants_sees_a_locked_connection_pruned(
         assert f"#{conns[0].id} was pruned while a lock protected it" in str(info.value)
 
 
-async def test_check_invariants_sees_a_protocol_taken_below_its_min(
-    autojump_clock: object, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _mutant_regulator(monkeypatch, mins=False)
+@contextlib.asynccontextmanager
+async def _dht_on_three(
+    n: int,
+) -> AsyncIterator[tuple[cm.ConnectionManager, cm.Enrollment, list[cm.Connection]]]:
+    """``n`` connections, the first three carrying a stream of "/dht" (grant.min 3)."""
     async with (
         cm.open_connection_manager(
             limits=cm.Limits(low=1, high=10), grace_period=0, lock_budget=2
@@ -862,9 +863,17 @@ async def test_check_invariants_sees_a_protocol_taken_below_its_min(
         mgr.enroll("/dht", quota=cm.Quota(3, 5)) as dht,
         open_fake_connections() as fakes,
     ):
-        conns = await fakes.open_many(mgr, 5)
+        conns = await fakes.open_many(mgr, n)
         for conn in conns[:3]:
             dht.track_stream(conn)
+        yield mgr, dht, conns
+
+
+async def test_check_invariants_sees_a_protocol_taken_below_its_min(
+    autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _mutant_regulator(monkeypatch, mins=False)
+    async with _dht_on_three(5) as (mgr, dht, _):
         result = await force_round(mgr, force=False)
         assert dht.usage < 3
         with pytest.raises(AssertionError) as info:
@@ -876,16 +885,7 @@ async def test_check_invariants_sees_a_protocol_taken_below_its_min(
 
 async def test_correct_rounds_pass_the_prune_time_checks(autojump_clock: object) -> None:
     # The same set-ups with the real regulator: nothing to report.
-    async with (
-        cm.open_connection_manager(
-            limits=cm.Limits(low=1, high=10), grace_period=0, lock_budget=2
-        ) as mgr,
-        mgr.enroll("/dht", quota=cm.Quota(3, 5)) as dht,
-        open_fake_connections() as fakes,
-    ):
-        conns = await fakes.open_many(mgr, 7)
-        for conn in conns[:3]:
-            dht.track_stream(conn)
+    async with _dht_on_three(7) as (mgr, dht, conns):
         mgr.protect(conns[3].peer, "keep")
         async with dht.lock(dht.track_stream(conns[4]), ttl=60):
             result = await force_round(mgr)

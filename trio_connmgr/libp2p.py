@@ -188,6 +188,8 @@ class Attachment:
         self._streams: dict[INetStream, Stream] = {}
         # The tracked streams of each connection (to forget them with it).
         self._conn_streams: dict[INetConn, set[INetStream]] = {}
+        # The scope of each connection's _release_when_closing task.
+        self._watchers: dict[INetConn, trio.CancelScope] = {}
         self._dials: dict[Hashable, list[_Dial]] = {}
         self._original_dial: Callable[[Any], Awaitable[Any]] | None = None
         self.closed = False
@@ -246,7 +248,7 @@ class Attachment:
         self._conns[conn] = tracked
         closing = getattr(conn, "event_closed", None)
         if closing is not None:
-            self._nursery.start_soon(self._release_when_closing, conn, closing)
+            self._nursery.start_soon(self._release_when_closing, conn, tracked, closing)
         if direction is Direction.OUTBOUND:
             for dial in self._dials.get(peer, ()):
                 if dial.connected is None:
@@ -255,19 +257,31 @@ class Attachment:
             self._stream_opened(stream)
         return tracked
 
-    async def _release_when_closing(self, conn: INetConn, closing: trio.Event) -> None:
+    async def _release_when_closing(
+        self, conn: INetConn, tracked: Connection, closing: trio.Event
+    ) -> None:
         """Release ``conn`` as soon as py-libp2p starts closing it.
 
         Its ``disconnected`` notification comes only once the close is done
         (after two 0.1 s pauses in py-libp2p 0.8.1): meanwhile a round would
         count a connection already going and prune another in its place.
+        Forgetting ``conn`` otherwise (the sweep, a prune) ends this task.
         """
-        await closing.wait()
-        self._forget(conn)
+        if self._conns.get(conn) is not tracked:
+            return  # forgotten before this task started
+        with trio.CancelScope() as scope:
+            self._watchers[conn] = scope
+            await closing.wait()
+        if self._watchers.get(conn) is scope:
+            del self._watchers[conn]
+            self._forget(conn)
 
     def _forget(self, conn: INetConn) -> None:
         """py-libp2p closed (or is closing) ``conn``, or the sweep found it gone: release it."""
         self._refused.discard(conn)
+        watcher = self._watchers.pop(conn, None)
+        if watcher is not None:
+            watcher.cancel()
         tracked = self._conns.pop(conn, None)
         if tracked is None:
             return
@@ -551,6 +565,7 @@ async def attach(host: IHost, manager: ConnectionManager) -> AsyncIterator[Attac
             attachment._conns.clear()
             attachment._streams.clear()
             attachment._conn_streams.clear()
+            attachment._watchers.clear()
             swarm._trio_connmgr_attachment = None
             with trio.CancelScope(shield=True):
                 if pruner_was_started:
