@@ -11,7 +11,7 @@ import trio
 from .._config import Limits
 from .._errors import ConfigError
 from .._manager import ConnectionManager, open_connection_manager
-from ._time import _MIN_STEP, _manual_clock, settle
+from ._time import _manual_clock, _step_clock
 
 DEFAULT_LIMITS = Limits(low=4, high=8)
 """The limits of managers opened without ``limits=``: small, so tests stay readable."""
@@ -114,12 +114,8 @@ async def _wait_closed(opened: _Opened) -> None:
     deadline, as :func:`advance` does, until the manager has closed.
     """
     clock = _manual_clock()
-    while clock is not None and not opened.closed.is_set():
-        await settle()
-        step = trio.lowlevel.current_statistics().seconds_to_next_deadline
-        if opened.closed.is_set() or step == float("inf"):
-            break
-        clock.jump(max(step, _MIN_STEP))
+    if clock is not None:
+        await _step_clock(clock, done=opened.closed.is_set)
     await opened.closed.wait()
 
 

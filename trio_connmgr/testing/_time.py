@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, final
 
@@ -77,17 +77,30 @@ async def advance(seconds: float) -> None:
         await settle()
         return
     target = trio.current_time() + seconds
-    while True:
-        await settle()
-        now = trio.current_time()
-        step = trio.lowlevel.current_statistics().seconds_to_next_deadline
-        if now + step > target:
-            break
-        clock.jump(max(step, _MIN_STEP))
+    await _step_clock(clock, until=target)
     remaining = target - trio.current_time()
     if remaining > 0:
         clock.jump(remaining)
     await settle()
+
+
+async def _step_clock(
+    clock: trio.testing.MockClock,
+    *,
+    until: float = math.inf,
+    done: Callable[[], bool] = lambda: False,
+) -> None:
+    """Move a manual ``clock`` from deadline to deadline, letting every task react
+    at each one, until ``done()``, or until the next deadline is past ``until``
+    (or there is none). Leaves the clock at the last deadline it reached."""
+    while True:
+        await settle()
+        if done():
+            return
+        step = trio.lowlevel.current_statistics().seconds_to_next_deadline
+        if math.isinf(step) or trio.current_time() + step > until:
+            return
+        clock.jump(max(step, _MIN_STEP))
 
 
 def _closers_pending(manager: ConnectionManager) -> bool:
