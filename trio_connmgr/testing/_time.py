@@ -11,7 +11,6 @@ import attrs
 import trio
 import trio.testing
 
-from .._config import Limits
 from .._core._events import (
     ConnectionClosed,
     ConnectionOpened,
@@ -23,6 +22,7 @@ from .._core._events import (
 from .._core._state import PRUNED
 
 if TYPE_CHECKING:
+    from .._config import Limits
     from .._core._planner import PruneReason
     from .._core._state import Connection
     from .._manager import ConnectionManager
@@ -189,6 +189,7 @@ class RoundRecorder:
     """
 
     def __init__(self, manager: ConnectionManager) -> None:
+        self._manager = manager
         self._state = manager._state
         # Connections by id, so that a prune event can name the object.
         self._known: dict[int, Connection] = dict(manager._state.connections)
@@ -218,12 +219,11 @@ class RoundRecorder:
             self._known.pop(event.connection_id, None)
             self._dropped_locks.discard(event.connection_id)
         elif isinstance(event, RoundCompleted):
-            state = self._state
             self.rounds.append(
                 RoundResult(
                     tuple(self._pending),
                     event,
-                    Limits(state.low, state.high, state.hard),
+                    self._manager.limits,
                     violations=tuple(self._violations),
                 )
             )
