@@ -44,6 +44,11 @@ def test_pressure_shrinks_multiplicatively() -> None:
     assert shares == [100, 50, 25, 12]
 
 
+def test_pressure_decrease_without_binary_noise() -> None:
+    # 90 * 0.7 is 62.99999999999999 in binary floating point: floor(share * decrease) is 63.
+    assert decide(90, Reading(pressure=True), decrease=0.7).share == 63
+
+
 def test_pressure_moves_at_least_one_connection() -> None:
     assert decide(12, Reading(pressure=True), floor=1, decrease=0.99).share == 11
 

@@ -220,6 +220,29 @@ async def test_one_sensing_drives_one_manager_at_a_time(autojump_clock: Any) -> 
         assert mgr._sensing is sensing
 
 
+async def test_one_sensing_opened_by_two_managers_at_once(autojump_clock: Any) -> None:
+    sensing = Sensing([FakeSensor()], interval=INTERVAL)
+    opened: list[cm.ConnectionManager] = []
+    refused: list[cm.ConfigError] = []
+
+    async def open_one() -> None:
+        try:
+            async with manager(sensing) as mgr:
+                opened.append(mgr)
+                await trio.sleep(INTERVAL)
+        except cm.ConfigError as exc:  # plain, not in an ExceptionGroup
+            refused.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(open_one)
+        nursery.start_soon(open_one)
+    assert len(opened) == len(refused) == 1
+    assert "already drives another open connection manager" in str(refused[0])
+    assert opened[0]._sensing is sensing
+    async with manager(sensing) as mgr:  # free again once both are done
+        assert mgr._sensing is sensing
+
+
 async def test_sensing_config_errors_at_open() -> None:
     sensing = Sensing([FakeSensor()], floor=101)
     with pytest.raises(cm.ConfigError, match=r"Sensing.floor must be <= Limits.high"):
@@ -346,3 +369,85 @@ async def test_real_ceilings_bound_the_share(autojump_clock: Any) -> None:
         assert stats.sensors["controller"]["ceiling"] == ceiling
         assert stats.sensors["file-descriptors"]["open"] > 0
         assert stats.sensors["memory"]["rss"] > 0
+
+
+# ------------------------------------------------------------ found in review
+
+
+class AsyncSample(Sensor):
+    """A user sensor whose ``sample`` was written ``async`` by mistake."""
+
+    name = "async-sample"
+
+    async def sample(self, now: float) -> Reading:  # type: ignore[override]
+        await trio.lowlevel.checkpoint()
+        return Reading()
+
+
+class AsyncDials(Sensor):
+    """A user sensor whose ``dial_reported`` was written ``async`` by mistake."""
+
+    name = "async-dials"
+
+    def sample(self, now: float) -> Reading:
+        return Reading()
+
+    async def dial_reported(  # type: ignore[override]
+        self, ok: bool, latency: float | None, now: float
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@pytest.mark.parametrize(
+    ("sensor", "method"), [(AsyncSample(), "sample"), (AsyncDials(), "dial_reported")]
+)
+def test_async_sample_or_dial_reported_is_a_config_error(sensor: Sensor, method: str) -> None:
+    # Both are called synchronously: an async one would never run, only leave a
+    # "coroutine was never awaited" warning behind at every call.
+    message = rf"{sensor.name!r}: \w+\.{method}\(\) must be synchronous"
+    with pytest.raises(cm.ConfigError, match=message):
+        Sensing([FakeSensor(), sensor])
+
+
+async def test_sensor_errors_are_counted_and_logged_per_manager(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeSensor()
+    fake.error = OSError("sensor unplugged")
+    sensing = Sensing([fake], interval=INTERVAL)
+    for _ in range(2):  # one Sensing, free again once its manager closed
+        caplog.clear()
+        async with manager(sensing) as mgr:
+            await trio.sleep(INTERVAL / 2)
+            # This manager sampled once, and failed once: counted and logged for it.
+            assert mgr.statistics().sensors["fake"] == {"errors": 1.0}
+        errors = [r for r in caplog.records if r.levelname == "ERROR" and "'fake'" in r.message]
+        assert len(errors) == 1
+
+
+def test_auto_limits_floor_without_binary_noise() -> None:
+    # 0.57 * 100 is 56.99999999999999 in binary floating point: floor() must not
+    # take the noise for a lower integer.
+    limits = cm.Limits.auto(nofile=1 << 20, memory=1 << 40, maximum=100, high_ratio=0.57)
+    assert (limits.hard, limits.high) == (100, 57)
+    limits = cm.Limits.auto(nofile=10_000, memory=1 << 40, fd_fraction=0.57)
+    assert limits.hard == 5700
+
+
+def test_file_descriptor_ceiling_without_binary_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("trio_connmgr.sensing.nofile_limit", lambda: 10_000)
+    reading = FileDescriptors(fraction=0.57).sample(0.0)
+    assert reading.ceiling == 5700  # floor(0.57 * 10000), not 5699
+
+
+def test_dial_baseline_weighs_the_first_latencies_equally() -> None:
+    # As documented: the first `baseline_dials` latencies weigh equally (the n-th
+    # moves the logarithmic average by 1/n), then each moves it by 1/baseline_dials.
+    health = DialHealth(baseline_dials=2)
+    assert health.baseline is None
+    health.dial_reported(True, 0.010, 0.0)
+    assert health.baseline == pytest.approx(0.010)
+    health.dial_reported(True, 0.040, 0.0)
+    assert health.baseline == pytest.approx(0.020)  # the geometric mean
+    health.dial_reported(True, 0.080, 0.0)
+    assert health.baseline == pytest.approx(0.040)  # sqrt(0.020 * 0.080)

@@ -11,6 +11,21 @@ import attrs
 from ._errors import ConfigError
 
 
+def exact_floor(value: float) -> int:
+    """``math.floor`` of a count times configured fractions, without binary noise.
+
+    ``0.57 * 100`` is ``56.99999999999999`` and ``0.07 * 100`` is
+    ``7.000000000000001``: the noise is rounded away first, so that the
+    documented formulas hold to the connection.
+    """
+    return math.floor(round(value, 9))
+
+
+def exact_ceil(value: float) -> int:
+    """``math.ceil`` without binary noise (see :func:`exact_floor`)."""
+    return math.ceil(round(value, 9))
+
+
 def check_count(field: str, value: object, *, allow_zero: bool = False) -> int:
     """Return ``value`` if it is a non-negative (or positive) int, else raise ConfigError."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -172,7 +187,7 @@ class Quota:
         """
         lo = min(self._wanted_min(share), share)
         if self.relative:
-            hi = max(lo, min(math.floor(round(self.max * share, 9)), share))
+            hi = max(lo, min(exact_floor(self.max * share), share))
         else:
             hi = max(lo, min(int(self.max), share))
         return lo, hi
@@ -181,9 +196,7 @@ class Quota:
         """The min asked for against the global share, in connections, not capped
         at ``G`` (what a ``strict`` enrollment insists on)."""
         if self.relative:
-            # Round away binary noise first: 0.07 * 100 is 7.000000000000001 and
-            # 0.29 * 100 is 28.999999999999996, whose ceil/floor would be off by one.
-            return math.ceil(round(self.min * share, 9))
+            return exact_ceil(self.min * share)
         return int(self.min)
 
 

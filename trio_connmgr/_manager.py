@@ -859,6 +859,10 @@ async def open_connection_manager(
         lock_budget=lock_budget,
     )
     writer = None if trace_file is None else TraceWriter(trace_file, state)
+    if sensing is not None:
+        # Claimed before the first checkpoint (checked above, nothing awaited
+        # since): a second manager opened meanwhile gets a plain ConfigError.
+        sensing._claimed = True
     body_error: BaseException | None = None
     manager: ConnectionManager | None = None
     try:
@@ -905,6 +909,8 @@ async def open_connection_manager(
         raise BaseExceptionGroup(_BOTH_FAILED, [fatal, exc]) from None
     finally:
         state.closed = True
+        if sensing is not None:
+            sensing._claimed = False
         if writer is not None:
             writer.finish(close=owns_trace)
     fatal = manager._fatal if manager is not None else None

@@ -8,7 +8,7 @@ decrease while any is under pressure, never above the ceiling (the configured
 allow it) nor below the floor. Every change re-runs quota allocation (protocols
 are told through ``on_grant`` and ``wait_grant_changed()``), emits
 :class:`~trio_connmgr.LimitsChanged` with its cause, and wakes the regulator when
-the count is above the new ``high``::
+the count is above the new ``high`` or, under pressure, above ``low``::
 
     sensing = cm.Sensing(
         [cm.sensing.FileDescriptors(), cm.sensing.Memory(), cm.sensing.DialHealth(),
@@ -25,6 +25,7 @@ by subclassing :class:`Sensor`; use :class:`FakeSensor` in tests.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import trio
 
-from ._config import Limits, check_count, check_fraction, check_positive_float
+from ._config import Limits, check_count, check_fraction, check_positive_float, exact_floor
 from ._core._control import Decision as Decision
 from ._core._control import Reading as Reading
 from ._core._control import decide_share
@@ -226,7 +227,7 @@ class FileDescriptors(Sensor):
             values["open"] = count
         if limit is not None:
             values["limit"] = limit
-            ceiling = max(0, math.floor(self.fraction * limit / self.per_connection))
+            ceiling = max(0, exact_floor(self.fraction * limit / self.per_connection))
             if count is not None:
                 values["used"] = count / limit
                 if count >= self.pressure_at * limit:
@@ -323,7 +324,9 @@ class DialHealth(Sensor):
         min_dials: Fewer dials (or latencies) than this within the window never
             mean pressure.
         baseline_dials: Memory of the baseline, in dials: each latency moves the
-            (logarithmic) average by ``1 / baseline_dials``.
+            (logarithmic) average by ``1 / baseline_dials`` (the first
+            ``baseline_dials`` latencies weigh equally: the ``n``-th moves it by
+            ``1 / n``).
     """
 
     name = "dial-health"
@@ -562,8 +565,9 @@ class Sensing:
     the regulator's rounds are emergencies (no silence period; they may revoke
     locks) and run while the count is above ``low``.
 
-    A sensor that raises is logged (once) and counted (``errors`` in its
-    figures); it counts as neither pressure nor ceiling for that interval.
+    A sensor that raises is logged (once per manager) and counted (``errors`` in
+    its figures, for this manager); it counts as neither pressure nor ceiling for
+    that interval.
 
     One ``Sensing`` drives one manager at a time.
 
@@ -577,7 +581,9 @@ class Sensing:
         decrease: Factor in ``(0, 1)`` applied per interval under pressure.
 
     Raises:
-        ConfigError: a bad argument (the message names it and its value).
+        ConfigError: a bad argument (the message names it and its value), or a
+            sensor whose ``sample`` or ``dial_reported`` is ``async`` (both are
+            called synchronously).
     """
 
     def __init__(
@@ -607,6 +613,14 @@ class Sensing:
             if name in names:
                 raise ConfigError(f"Sensing sensor names must be unique, got {name!r} twice")
             names.add(name)
+            for method in ("sample", "dial_reported"):
+                # Called synchronously: an async one would never run, only leave a
+                # "coroutine was never awaited" warning behind at every call.
+                if inspect.iscoroutinefunction(getattr(sensor, method)):
+                    raise ConfigError(
+                        f"Sensing sensor {name!r}: {type(sensor).__name__}.{method}() must be "
+                        f"synchronous (a plain def), got {getattr(sensor, method)!r}"
+                    )
         self.sensors: tuple[Sensor, ...] = tuple(sensors)
         self.interval = check_positive_float("Sensing.interval", interval)
         self.floor = _check_optional_count("Sensing.floor", floor)
@@ -620,6 +634,9 @@ class Sensing:
         self._dial_sensors = tuple(s for s in self.sensors if _overrides(s, "dial_reported"))
         self._errors: dict[str, int] = {}
         self._manager: ConnectionManager | None = None
+        # Set synchronously by the manager being opened, until it has closed: two
+        # managers opened at the same time cannot both take this Sensing.
+        self._claimed = False
 
     # -------------------------------------------------------------- settings
 
@@ -631,10 +648,11 @@ class Sensing:
 
     def _check(self, limits: Limits) -> None:
         """Raise ConfigError if it cannot drive a manager with ``limits`` now."""
-        if self._manager is not None:
+        if self._claimed:
+            driven = "" if self._manager is None else f" ({self._manager!r})"
             raise ConfigError(
-                f"this Sensing already drives another open connection manager "
-                f"({self._manager!r}); create one Sensing per manager"
+                f"this Sensing already drives another open connection manager{driven}; "
+                f"create one Sensing per manager"
             )
         if self.floor is not None and self.floor > limits.high:
             raise ConfigError(
@@ -653,10 +671,13 @@ class Sensing:
                 self._error(sensor, "dial_reported")
 
     async def _attach(self, manager: ConnectionManager, nursery: trio.Nursery) -> None:
-        """Start the sensors' tasks and the controller task in ``nursery``."""
-        self._check(manager._state.limits)
+        """Start the sensors' tasks and the controller task in ``nursery`` (the
+        manager has claimed this Sensing: see ``open_connection_manager``)."""
         self._manager = manager
         manager._sensing = self
+        # Errors are counted (and the first one logged) per manager: a manager
+        # opened after another one with this Sensing starts from none.
+        self._errors = {}
         try:
             for sensor in self.sensors:
                 if _overrides(sensor, "run"):
@@ -707,7 +728,9 @@ class Sensing:
     def _error(self, sensor: Sensor, where: str) -> int:
         errors = self._errors[sensor.name] = self._errors.get(sensor.name, 0) + 1
         if errors == 1:
-            logger.exception("sensor %r raised in %s (logged once)", sensor.name, where)
+            logger.exception(
+                "sensor %r raised in %s (logged once per manager)", sensor.name, where
+            )
         else:
             logger.debug("sensor %r raised in %s", sensor.name, where, exc_info=True)
         return errors
@@ -848,9 +871,9 @@ def auto_limits(
         memory = _total_memory()
     bounds = []
     if nofile is not None:
-        bounds.append(math.floor(nofile * fd_fraction / fds_per_connection))
+        bounds.append(exact_floor(nofile * fd_fraction / fds_per_connection))
     if memory is not None:
-        bounds.append(math.floor(memory * memory_fraction / bytes_per_connection))
+        bounds.append(exact_floor(memory * memory_fraction / bytes_per_connection))
     if maximum is not None:
         bounds.append(maximum)
     if not bounds:
@@ -859,6 +882,6 @@ def auto_limits(
             "figure are known; pass maximum=N"
         )
     hard = max(1, min(bounds))
-    high = max(1, math.floor(hard * high_ratio))
-    low = max(1, math.floor(high * low_ratio))
+    high = max(1, exact_floor(hard * high_ratio))
+    low = max(1, exact_floor(high * low_ratio))
     return Limits(low, high, hard)

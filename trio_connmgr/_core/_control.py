@@ -19,13 +19,13 @@ never collapses below a useful size, whatever a noisy signal says.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import final
 
 import attrs
 
+from .._config import exact_floor
 from .._errors import ConfigError
 
 
@@ -133,7 +133,7 @@ def decide_share(
     pressing = tuple(name for name, reading in readings.items() if reading.pressure)
     # Multiplicative decrease moves at least one connection; additive increase
     # moves exactly `increase`.
-    target = min(share - 1, math.floor(share * decrease)) if pressing else share + increase
+    target = min(share - 1, exact_floor(share * decrease)) if pressing else share + increase
     new = min(max(target, floor), ceiling)
     cause = None
     if new != share:
