@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterable
@@ -21,7 +22,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import trio_connmgr as cm
 import trio_connmgr.prometheus
-from trio_connmgr.prometheus import REQUEST_DEADLINE, Collector, serve_metrics
+from trio_connmgr.prometheus import (
+    MAX_REQUEST_BYTES,
+    REQUEST_DEADLINE,
+    Collector,
+    serve_metrics,
+)
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json"
 
@@ -282,6 +288,54 @@ def test_after_the_trio_run_a_scrape_has_nothing() -> None:
     assert generate_latest(collector.registry) == b""
 
 
+def test_a_later_trio_run_scrapes_past_a_finished_runs_collector() -> None:
+    # The next test of a pytest-trio session, or an application's next trio.run,
+    # serving a registry that still holds a collector of a finished run.
+    registry = CollectorRegistry()
+
+    async def first() -> None:
+        async with cm.open_connection_manager(limits=cm.Limits(1, 2)) as mgr:
+            Collector(mgr, registry)
+
+    async def second() -> bytes:
+        async with cm.open_connection_manager(limits=cm.Limits(3, 4)) as mgr:
+            Collector(mgr, registry, namespace="next_connmgr")
+            async with metrics_server(registry) as port:
+                status, _, body = await scrape(port)
+            assert status == 200
+            return body
+
+    trio.run(first)
+    text = trio.run(second).decode()
+    found = samples(text)
+    assert value(found, "next_connmgr_limit_connections", limit="low") == 3
+    assert not [name for name, _ in found if name.startswith("trio_connmgr_")]
+
+
+async def test_a_scrape_from_another_live_trio_run_reads_the_managers_run() -> None:
+    registry = CollectorRegistry()
+    ready = threading.Event()
+    done = threading.Event()
+
+    def other_run() -> None:
+        async def main() -> None:
+            async with cm.open_connection_manager(limits=cm.Limits(3, 4)) as mgr:
+                Collector(mgr, registry)
+                ready.set()
+                await trio.to_thread.run_sync(done.wait)
+
+        trio.run(main)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, other_run)
+        try:
+            assert await trio.to_thread.run_sync(ready.wait, 30)
+            text = generate_latest(registry).decode()  # blocks this run's thread a moment
+        finally:
+            done.set()
+    assert value(samples(text), "trio_connmgr_limit_connections", limit="low") == 3
+
+
 async def test_a_registry_refuses_the_same_names_twice_namespaces_share_it() -> None:
     async with (
         cm.open_connection_manager(limits=cm.Limits(1, 2)) as a,
@@ -303,6 +357,13 @@ async def test_bad_namespace(namespace: object) -> None:
     async with cm.open_connection_manager(limits=cm.Limits(1, 2)) as mgr:
         with pytest.raises(cm.ConfigError, match="namespace"):
             Collector(mgr, None, namespace=namespace)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("registry", ["edge_connmgr", REGISTRY.register])
+async def test_bad_registry_is_a_config_error(registry: object) -> None:
+    async with cm.open_connection_manager(limits=cm.Limits(1, 2)) as mgr:
+        with pytest.raises(cm.ConfigError, match=r"registry must be a CollectorRegistry or None"):
+            Collector(mgr, registry)  # type: ignore[arg-type]
 
 
 async def test_bad_manager() -> None:
@@ -427,6 +488,40 @@ async def test_the_server_stops_with_its_nursery() -> None:
 async def test_bad_path_is_a_config_error() -> None:
     with pytest.raises(cm.ConfigError, match="path"):
         await serve_metrics(CollectorRegistry(), path="metrics")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"port": 70000}, "port must be an integer in [0, 65535], got 70000"),
+        ({"port": -1}, "port must be an integer in [0, 65535], got -1"),
+        ({"port": True}, "port must be an integer in [0, 65535], got True"),
+        ({"port": "9100"}, "port must be an integer in [0, 65535], got '9100'"),
+        ({"registry": None}, "registry must be a CollectorRegistry, got None"),
+    ],
+)
+async def test_bad_serve_metrics_arguments_are_config_errors(
+    monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any], message: str
+) -> None:
+    async def never_bind(*args: object, **kwargs: object) -> object:
+        raise AssertionError("serve_metrics tried to bind")
+
+    # (Without the check, 70000 would bind port 4464: getaddrinfo wraps it.)
+    monkeypatch.setattr(trio, "open_tcp_listeners", never_bind)
+    arguments: dict[str, Any] = {"registry": CollectorRegistry(), **kwargs}
+    with pytest.raises(cm.ConfigError, match=re.escape(message)):
+        await serve_metrics(**arguments)
+
+
+async def test_a_request_head_over_the_limit_gets_a_431_even_in_one_piece() -> None:
+    registry = CollectorRegistry()
+    async with metrics_server(registry) as port:
+        pad = b"X: " + b"y" * (MAX_REQUEST_BYTES + 100) + b"\r\n"
+        answer = await raw_request(port, b"GET /metrics HTTP/1.1\r\n" + pad + b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:40]
+        pad = b"X: " + b"y" * (MAX_REQUEST_BYTES - 100) + b"\r\n"
+        answer = await raw_request(port, b"GET /metrics HTTP/1.1\r\n" + pad + b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:40]
 
 
 async def test_the_grafana_dashboard_uses_real_metrics() -> None:

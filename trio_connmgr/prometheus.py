@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import gzip
 import logging
+import queue
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Final, NoReturn, final
 from urllib.parse import parse_qs, urlsplit
 
+import outcome
 import trio
 
 from ._core._planner import Phase
@@ -237,9 +239,10 @@ class Collector:
     Create it inside the manager's Trio run. A scrape takes one
     :meth:`~ConnectionManager.statistics` snapshot; scrapes from other threads
     (``prometheus_client.start_http_server``, ``generate_latest`` in a worker
-    thread) are routed into the Trio run with :func:`trio.from_thread.run_sync`,
-    so the state is never read while Trio changes it. Once the Trio run has
-    finished, a scrape yields no metrics.
+    thread) or from another Trio run are routed into the manager's Trio run
+    (:meth:`trio.lowlevel.TrioToken.run_sync_soon`), so the state is never read
+    while Trio changes it. Once that Trio run has finished, a scrape yields no
+    metrics.
 
     Args:
         manager: The :class:`~trio_connmgr.ConnectionManager` to expose.
@@ -254,8 +257,9 @@ class Collector:
             :meth:`unregister`).
 
     Raises:
-        ConfigError: ``manager`` is not a ConnectionManager, or ``namespace`` is
-            not a valid metric name prefix.
+        ConfigError: ``manager`` is not a ConnectionManager, ``registry`` is not
+            a CollectorRegistry (or ``None``), or ``namespace`` is not a valid
+            metric name prefix.
         RuntimeError: Not called from a Trio run.
         ValueError: The registry already has these names (``prometheus_client``'s error).
     """
@@ -270,6 +274,8 @@ class Collector:
         from ._manager import check_manager
 
         check_manager("manager", manager)
+        if registry is not None and not isinstance(registry, CollectorRegistry):
+            raise ConfigError(f"registry must be a CollectorRegistry or None, got {registry!r}")
         if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
             raise ConfigError(f"namespace must be a valid metric name prefix, got {namespace!r}")
         self._manager = manager
@@ -291,10 +297,17 @@ class Collector:
             here = None
         if here is self._token:
             return self._manager.statistics()
+        # Another thread, or another Trio run (a later one, such as the next test
+        # of a session, or one in another thread), where trio.from_thread refuses
+        # to block: waiting here for the manager's run, in its own thread, is safe.
+        answer: queue.SimpleQueue[outcome.Outcome[Statistics]] = queue.SimpleQueue()
         try:
-            return trio.from_thread.run_sync(self._manager.statistics, trio_token=self._token)
+            self._token.run_sync_soon(
+                lambda: answer.put(outcome.capture(self._manager.statistics))
+            )
         except trio.RunFinishedError:
             return None
+        return answer.get().unwrap()
 
     def describe(self) -> list[Metric]:
         """The metric families with placeholder values, for the registry's name checks."""
@@ -375,17 +388,19 @@ async def _handle(stream: trio.abc.Stream, registry: CollectorRegistry, path: st
     try:
         with trio.move_on_after(REQUEST_DEADLINE):
             buffer = b""
-            while b"\r\n\r\n" not in buffer:
-                if len(buffer) > MAX_REQUEST_BYTES:
-                    response = _text("431 Request Header Fields Too Large", "too large", False)
-                    await stream.send_all(response)
-                    return
+            while b"\r\n\r\n" not in buffer and len(buffer) <= MAX_REQUEST_BYTES:
                 data = await stream.receive_some(4096)
                 if not data:
                     return
                 buffer += data
+            head = buffer.split(b"\r\n\r\n", 1)[0]
+            # The read that ends a head may also take it over the limit.
+            if len(head) > MAX_REQUEST_BYTES:
+                response = _text("431 Request Header Fields Too Large", "too large", False)
+                await stream.send_all(response)
+                return
             try:
-                response = _answer(buffer.split(b"\r\n\r\n", 1)[0], registry, path)
+                response = _answer(head, registry, path)
             except Exception:
                 # One odd request must never take the server (and its nursery) down.
                 logger.exception("answering a metrics request failed")
@@ -417,12 +432,20 @@ async def serve_metrics(
     Args:
         registry: The registry to serve (with a :class:`Collector` on it).
         host: Address to bind (loopback by default; ``""`` for every interface).
-        port: Port to bind; ``0`` picks a free one.
+        port: Port to bind; ``0`` picks a free one (a port per address if
+            ``host`` has several, as ``""`` has: only the first is reported).
         path: The URL path of the metrics.
 
     Raises:
+        ConfigError: ``registry`` is not a CollectorRegistry, ``port`` is not an
+            integer in [0, 65535], or ``path`` does not start with ``/``.
         OSError: The address cannot be bound.
     """
+    if not isinstance(registry, CollectorRegistry):
+        raise ConfigError(f"registry must be a CollectorRegistry, got {registry!r}")
+    # Checked here: getaddrinfo would quietly wrap 70000 round to port 4464.
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port must be an integer in [0, 65535], got {port!r}")
     if not isinstance(path, str) or not path.startswith("/"):
         raise ConfigError(f"path must start with '/', got {path!r}")
     listeners = await trio.open_tcp_listeners(port, host=host or None)
