@@ -317,7 +317,9 @@ def test_replay_reads_parsed_objects_and_skips_blank_lines() -> None:
 )
 def test_replay_names_the_bad_line(line: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        cm.replay_trace(['{"kind":"trace_started","time":0,"low":1,"high":2,"hard":null}', line])
+        cm.replay_trace(
+            ['{"kind":"trace_started","time":0,"version":1,"low":1,"high":2,"hard":null}', line]
+        )
 
 
 async def test_an_unwritable_trace_is_logged_and_the_manager_runs(
@@ -340,3 +342,189 @@ async def test_an_unwritable_trace_without_events_is_logged_at_exit(
         pass
     assert [r.name for r in caplog.records] == ["trio_connmgr.events"]
     assert "No space left on device" in caplog.text
+
+
+async def test_a_trace_failing_on_a_prune_line_does_not_break_the_prune() -> None:
+    # The header and the three connection_opened lines are written; the
+    # connection_pruned line fails. The state still has a connection_closed to
+    # emit for the same victim: the prune must go on all the same.
+    file = FailingFile(good=4)
+    async with open_manager(file) as mgr, trio.open_nursery() as nursery:
+
+        async def body(peer: str, *, task_status: trio.TaskStatus[cm.Connection]) -> None:
+            async with mgr.connection(peer, direction="inbound") as conn:
+                task_status.started(conn)
+                await trio.sleep_forever()
+
+        conns = [await nursery.start(body, f"p{i}") for i in range(3)]
+        pruned = await mgr.trim()  # count 3, low 2: one victim
+        assert len(pruned) == 1
+        victim = pruned[0]
+        assert victim.close_reason == "pruned"
+        # Its body was cancelled: the scope of a pruned connection always is.
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(nursery.child_tasks) == 2
+        stats = mgr.statistics()
+        assert stats.connections == 2
+        assert stats.rounds.count == 1
+        assert stats.rounds.failures == 0
+        assert mgr._hub.writer_errors == 1
+        assert [c for c in conns if c.closed] == [victim]
+        nursery.cancel_scope.cancel()
+    assert [json.loads(line)["kind"] for line in file.getvalue().splitlines()] == [
+        "trace_started",
+        "connection_opened",
+        "connection_opened",
+        "connection_opened",
+    ]
+
+
+def strict_json(line: str) -> Any:
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"not strict JSON: {constant} in {line}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+async def test_an_infinite_tally_is_written_as_null(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Two protocols weighing 1e308 each: the tally of a connection both use
+    # overflows to inf. The trace carries on, in strict JSON.
+    buffer = io.StringIO()
+    async with (
+        open_manager(buffer, limits=cm.Limits(low=1, high=8)) as mgr,
+        mgr.enroll("a", quota=cm.Quota(0, 4), weight=1e308) as a,
+        mgr.enroll("b", quota=cm.Quota(0, 4), weight=1e308) as b,
+    ):
+        for i in range(2):
+            conn = mgr.track(f"p{i}", direction="inbound", close=noop_close)
+            a.track_stream(conn)
+            b.track_stream(conn)
+        [victim] = await mgr.trim()
+        assert victim.prune_reason is not None
+        assert victim.prune_reason.tally == float("inf")
+        assert mgr._hub.writer_errors == 0
+    objects = [strict_json(line) for line in buffer.getvalue().splitlines()]
+    [pruned] = [obj for obj in objects if obj["kind"] == "connection_pruned"]
+    assert pruned["reason"]["tally"] is None
+    assert pruned["connection_id"] == victim.id
+    assert objects[-1]["kind"] == "connection_closed"  # the trace went on to the end
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ('{"kind":"connection_opened","time":1,"connection_id":1}', "'direction'"),
+        ('{"kind":"connection_closed","time":1}', "'connection_id'"),
+        (
+            '{"kind":"round_completed","time":1,"trigger":"t","revoked_locks":0,"by_phase":3}',
+            "round_completed",
+        ),
+        (
+            '{"kind":"lock_granted","time":1,"protocol":["x"],"lock_id":1,"connection_id":1}',
+            "lock_granted",
+        ),
+        ('{"kind":"trace_started","time":0,"version":1}', "'low'"),
+    ],
+)
+def test_replay_names_the_line_of_a_malformed_event(line: str, field: str) -> None:
+    header = '{"kind":"trace_started","time":0,"version":1,"low":1,"high":2,"hard":null}'
+    with pytest.raises(ValueError, match="trace line 2 ") as caught:
+        cm.replay_trace([header, line, header])
+    assert field in str(caught.value)
+
+
+@pytest.mark.parametrize("version", [2, 0, None, "1"])
+def test_replay_refuses_a_trace_of_another_version(version: object) -> None:
+    header = {"kind": "trace_started", "time": 0, "low": 1, "high": 2, "hard": None}
+    if version is not None:
+        header["version"] = version
+    with pytest.raises(ValueError, match=rf"trace line 1 .*version {version!r}"):
+        cm.replay_trace([json.dumps(header)])
+
+
+def test_replay_skips_a_last_line_cut_short() -> None:
+    lines = [
+        '{"kind":"trace_started","time":0,"version":1,"low":1,"high":2,"hard":null}\n',
+        '{"kind":"connection_opened","time":1,"connection_id":1,"direction":"inbound"}\n',
+        '{"kind":"connection_closed","time":2,"connec',  # the writer was cut off here
+    ]
+    replayed = cm.replay_trace(lines)
+    assert replayed["truncated"] is True
+    assert (replayed["connections"], replayed["connections_closed"]) == (1, 0)
+    assert replayed["time"] == 1
+    assert cm.replay_trace(lines[:2])["truncated"] is False
+    # Only the last line may be cut short: a broken line with more after it is an error.
+    with pytest.raises(ValueError, match="trace line 3 is not JSON"):
+        cm.replay_trace([*lines, '{"kind":"from_the_future","time":3}\n'])
+
+
+class FillingFile(io.StringIO):
+    """Takes ``room`` characters, then fails like a disk that just filled up:
+    the write that does not fit is cut short."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+
+    def write(self, text: str) -> int:
+        if len(text) > self.room:
+            super().write(text[: self.room])
+            self.room = 0
+            raise OSError(28, "No space left on device")
+        self.room -= len(text)
+        return super().write(text)
+
+
+async def test_a_trace_cut_short_by_a_full_disk_replays_to_its_last_whole_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    file = FillingFile(room=1000)
+    async with open_manager(file, limits=cm.Limits(low=2, high=100, hard=100)) as mgr:
+        for i in range(20):
+            mgr.track(f"peer-{i}", direction="inbound", close=noop_close)
+        assert mgr._hub.writer_errors == 1
+        text = file.getvalue()
+        assert len(text) == 1000
+        assert not text.endswith("\n")  # the premise: the last line is cut short
+        replayed = cm.replay_trace(io.StringIO(text))
+        assert replayed["truncated"] is True
+        complete = text.count("\n") - 1  # the header is not an event
+        assert replayed["connections_opened"] == replayed["connections"] == complete
+        assert replayed["version"] == TRACE_VERSION
+    assert "No space left on device" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda tmp: 42,
+        lambda tmp: os.fsencode(tmp / "trace.jsonl"),
+        lambda tmp: (tmp / "trace.jsonl").open("wb"),
+        lambda tmp: (tmp / "trace.jsonl").open("w+b", buffering=0),
+        lambda tmp: (tmp / "trace.jsonl").open("r", encoding="utf-8"),
+    ],
+    ids=["int", "bytes-path", "binary-file", "raw-file", "read-only-file"],
+)
+async def test_a_trace_that_is_not_a_writable_text_file_is_a_config_error(
+    make: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "trace.jsonl").write_text("", encoding="utf-8")
+    trace = make(tmp_path)
+    try:
+        with pytest.raises(cm.ConfigError, match="trace must be") as caught:
+            async with open_manager(trace):
+                pass  # pragma: no cover
+        assert repr(trace) in str(caught.value)
+    finally:
+        if hasattr(trace, "close"):
+            trace.close()
+
+
+async def test_a_closed_trace_file_is_a_config_error(tmp_path: Path) -> None:
+    file = (tmp_path / "trace.jsonl").open("w", encoding="utf-8")
+    file.close()
+    with pytest.raises(cm.ConfigError, match=r"trace must be .* open"):
+        async with open_manager(file):
+            pass  # pragma: no cover

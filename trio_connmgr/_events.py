@@ -8,8 +8,11 @@ the manager. While nobody listens the sink is unset and no event is even built.
 
 from __future__ import annotations
 
+import codecs
+import io
 import json
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, TYPE_CHECKING, Any, final
@@ -153,6 +156,10 @@ class EventHub:
 
     def emit(self, event: Event) -> None:
         """Deliver ``event`` to every subscriber and writer. Never blocks, never raises."""
+        if not (self._subscribers or self._writers):
+            # The last writer failed at an earlier event (see below): nobody listens.
+            self._update_sink()
+            return
         self.emitted += 1
         for receiver in self._subscribers:
             receiver._put(event)
@@ -163,8 +170,10 @@ class EventHub:
                 except Exception:
                     self.writer_errors += 1
                     logger.exception("event writer %r raised; it is removed", writer)
+                    # The sink stays installed until the next event: the state may
+                    # call it again in the operation that produced this one (a
+                    # prune is followed by its close) having checked it only once.
                     self._writers.remove(writer)
-                    self._update_sink()
 
     def _update_sink(self) -> None:
         self._set_sink(self.emit if (self._subscribers or self._writers) else None)
@@ -215,9 +224,15 @@ class TraceWriter:
     The first line is a ``trace_started`` header with the format version and the
     configuration of ``state`` (when given). Lines are buffered by ``file``; the
     writer flushes after every round and the manager flushes when it closes.
+    A number that is not finite is written as ``null``.
+
+    Raises:
+        ConfigError: ``file`` is not a text file open for writing (the manager's
+            ``trace`` argument).
     """
 
     def __init__(self, file: IO[str], state: State | None = None) -> None:
+        _check_text_file(file)
         self._file = file
         self._encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
         self._error: Exception | None = None
@@ -231,7 +246,13 @@ class TraceWriter:
                 self._error = exc
 
     def _line(self, obj: Mapping[str, Any]) -> None:
-        self._file.write(self._encoder.encode(obj) + "\n")
+        try:
+            text = self._encoder.encode(obj)
+        except ValueError:
+            # A number that is not finite (a tally overflowing with enormous
+            # weights): strict JSON has no such number, so it is written as null.
+            text = self._encoder.encode(_finite(obj))
+        self._file.write(text + "\n")
 
     def __call__(self, event: Event) -> None:
         """Write ``event`` as one line."""
@@ -269,6 +290,43 @@ class TraceWriter:
                 getattr(self._file, "name", self._file),
                 exc_info=error,
             )
+
+
+def _check_text_file(file: object) -> None:
+    """Raise ConfigError unless ``file`` takes text: a text file open for writing."""
+    problem = None
+    mode = getattr(file, "mode", "")
+    if isinstance(file, io.RawIOBase | io.BufferedIOBase) or (
+        # A wrapper of a binary file (tempfile's); codecs' writers take text
+        # although their files are binary.
+        isinstance(mode, str)
+        and "b" in mode
+        and not isinstance(file, io.TextIOBase | codecs.StreamWriter | codecs.StreamReaderWriter)
+    ):
+        problem = "a binary file"
+    elif not (callable(getattr(file, "write", None)) and callable(getattr(file, "flush", None))):
+        problem = "not a file"
+    elif getattr(file, "closed", False):
+        problem = "closed"
+    else:
+        writable = getattr(file, "writable", None)
+        if callable(writable) and not writable():
+            problem = "not open for writing"
+    if problem is not None:
+        raise ConfigError(
+            f"trace must be a path or a text file open for writing, got {file!r} ({problem})"
+        )
+
+
+def _finite(value: Any) -> Any:
+    """``value`` (JSON-ready) with every number that is not finite replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def trace_header(state: State) -> dict[str, Any]:
@@ -309,7 +367,9 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
 
     ``lines`` are the trace's lines (a file object works) or already-parsed
     objects; blank lines are skipped and unknown kinds ignored, so a trace from a
-    newer version still replays. The result mirrors :meth:`ConnectionManager.statistics`
+    newer release (of the same format version) still replays. A last line cut
+    short (the writer stopped mid-line: a full disk) is skipped, and the result's
+    ``truncated`` says so. The result mirrors :meth:`ConnectionManager.statistics`
     where events carry the information (see ``docs/trace.md`` for the list):
     ``connections``, ``inbound``, ``outbound``, ``connections_opened``,
     ``connections_closed``, ``connections_pruned``, ``low``, ``high``, ``hard``,
@@ -318,14 +378,16 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
     name: ``grant_min``, ``grant_max``, ``locks_held``, ``locks_granted``,
     ``locks_denied``, ``locks_revoked``, ``locks_expired``, ``bursts_open``,
     ``bursts_opened``, ``bursts_closed``, ``pruned``), plus ``events`` (lines
-    replayed, by kind) and ``time`` (of the last line).
+    replayed, by kind), ``version``, ``time`` (of the last line) and ``truncated``.
 
     Protocols stay in ``protocols`` after they leave (a trace has no event for
     leaving); streams are not traced, so usage and stream counts are not replayed.
 
     Raises:
-        ValueError: A line is not a JSON object with a ``kind`` (the message
-            gives its 1-based number).
+        ValueError: A line is not a JSON object with a ``kind``, lacks a field its
+            kind needs or has one of the wrong type, or is a ``trace_started``
+            header of another format version than this release reads (the
+            message gives the line's 1-based number).
     """
     conns: dict[int, str] = {}
     locks: dict[int, tuple[str, int]] = {}  # held lock id -> (protocol, connection id)
@@ -353,72 +415,98 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
             found = protocols[name] = _new_protocol()
         return found
 
+    cut: ValueError | None = None  # the last line cut short, unless another follows
     for number, line in enumerate(lines, 1):
+        if isinstance(line, str) and not line.strip():
+            continue
+        if cut is not None:
+            raise cut
         if isinstance(line, str):
-            if not line.strip():
-                continue
             try:
                 record = json.loads(line)
             except ValueError as exc:
-                raise ValueError(f"trace line {number} is not JSON: {exc}") from None
+                error = ValueError(f"trace line {number} is not JSON: {exc}")
+                if line.startswith("{") and not line.endswith("\n"):
+                    # The writer may have been cut off mid-line (a full disk): fine
+                    # for the last line only.
+                    cut = error
+                    continue
+                raise error from None
         else:
             record = line
         if not isinstance(record, Mapping) or not isinstance(record.get("kind"), str):
             raise ValueError(f"trace line {number} is not an event object with a 'kind'")
         kind = record["kind"]
+        if kind == "trace_started":
+            version = record.get("version")
+            if type(version) is not int or version != TRACE_VERSION:
+                raise ValueError(
+                    f"trace line {number} is a trace of version {version!r}; "
+                    f"this reader knows version {TRACE_VERSION}"
+                )
         events[kind] = events.get(kind, 0) + 1
         out["time"] = record.get("time", out["time"])
-        if kind == "trace_started":
-            out["version"] = record.get("version")
-            out["low"], out["high"], out["hard"] = record["low"], record["high"], record["hard"]
-            configured_high = record["high"]
-        elif kind == "connection_opened":
-            conns[record["connection_id"]] = record["direction"]
-            out["connections_opened"] += 1
-        elif kind == "connection_closed":
-            conns.pop(record["connection_id"], None)
-            out["connections_closed"] += 1
-        elif kind == "connection_pruned":
-            out["connections_pruned"] += 1
-            for name in record.get("protocols", ()):
-                protocol(name)["pruned"] += 1
-        elif kind == "round_completed":
-            rounds["count"] += 1
-            rounds["last_trigger"] = record["trigger"]
-            rounds["locks_revoked"] += record["revoked_locks"]
-            for phase, n in record["by_phase"]:
-                by_phase[phase] = by_phase.get(phase, 0) + n
-        elif kind == "grant_changed":
-            entry = protocol(record["protocol"])
-            entry["grant_min"], entry["grant_max"] = record["min"], record["max"]
-        elif kind == "lock_granted":
-            entry = protocol(record["protocol"])
-            entry["locks_granted"] += 1
-            locks[record["lock_id"]] = (record["protocol"], record["connection_id"])
-        elif kind == "lock_denied":
-            denied = protocol(record["protocol"])["locks_denied"]
-            denied[record["reason"]] = denied.get(record["reason"], 0) + 1
-        elif kind in ("lock_released", "lock_revoked", "lock_expired"):
-            entry = protocol(record["protocol"])
-            locks.pop(record["lock_id"], None)
-            if kind == "lock_revoked":
-                entry["locks_revoked"] += 1
-            elif kind == "lock_expired":
-                entry["locks_expired"] += 1
-        elif kind == "burst_opened":
-            entry = protocol(record["protocol"])
-            entry["bursts_open"] += 1
-            entry["bursts_opened"] += 1
-        elif kind == "burst_closed":
-            entry = protocol(record["protocol"])
-            entry["bursts_open"] -= 1
-            entry["bursts_closed"] += 1
-        elif kind == "limits_changed":
-            out["low"], out["high"], out["hard"] = record["low"], record["high"], record["hard"]
-            configured = record["high"] == configured_high
-            out["limits_source"] = "configured" if configured else record["cause"]
-        elif kind == "admission_refused":
-            refusals[record["reason"]] = refusals.get(record["reason"], 0) + 1
+        try:
+            if kind == "trace_started":
+                limits = record["low"], record["high"], record["hard"]
+                out["version"] = version
+                out["low"], out["high"], out["hard"] = limits
+                configured_high = record["high"]
+            elif kind == "connection_opened":
+                conns[record["connection_id"]] = record["direction"]
+                out["connections_opened"] += 1
+            elif kind == "connection_closed":
+                conns.pop(record["connection_id"], None)
+                out["connections_closed"] += 1
+            elif kind == "connection_pruned":
+                out["connections_pruned"] += 1
+                for name in record.get("protocols", ()):
+                    protocol(name)["pruned"] += 1
+            elif kind == "round_completed":
+                rounds["count"] += 1
+                rounds["last_trigger"] = record["trigger"]
+                rounds["locks_revoked"] += record["revoked_locks"]
+                for phase, n in record["by_phase"]:
+                    by_phase[phase] = by_phase.get(phase, 0) + n
+            elif kind == "grant_changed":
+                entry = protocol(record["protocol"])
+                entry["grant_min"], entry["grant_max"] = record["min"], record["max"]
+            elif kind == "lock_granted":
+                entry = protocol(record["protocol"])
+                entry["locks_granted"] += 1
+                locks[record["lock_id"]] = (record["protocol"], record["connection_id"])
+            elif kind == "lock_denied":
+                denied = protocol(record["protocol"])["locks_denied"]
+                denied[record["reason"]] = denied.get(record["reason"], 0) + 1
+            elif kind in ("lock_released", "lock_revoked", "lock_expired"):
+                entry = protocol(record["protocol"])
+                locks.pop(record["lock_id"], None)
+                if kind == "lock_revoked":
+                    entry["locks_revoked"] += 1
+                elif kind == "lock_expired":
+                    entry["locks_expired"] += 1
+            elif kind == "burst_opened":
+                entry = protocol(record["protocol"])
+                entry["bursts_open"] += 1
+                entry["bursts_opened"] += 1
+            elif kind == "burst_closed":
+                entry = protocol(record["protocol"])
+                entry["bursts_open"] -= 1
+                entry["bursts_closed"] += 1
+            elif kind == "limits_changed":
+                limits = record["low"], record["high"], record["hard"]
+                out["low"], out["high"], out["hard"] = limits
+                configured = record["high"] == configured_high
+                out["limits_source"] = "configured" if configured else record["cause"]
+            elif kind == "admission_refused":
+                refusals[record["reason"]] = refusals.get(record["reason"], 0) + 1
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            problem = (
+                f"lacks the field {exc}"
+                if isinstance(exc, KeyError)
+                else f"has a field of the wrong type ({exc})"
+            )
+            raise ValueError(f"trace line {number} ({kind}) {problem}") from None
 
     for name, entry in protocols.items():
         entry["locks_held"] = len({conn for owner, conn in locks.values() if owner == name})
@@ -430,6 +518,7 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
         "locked_connections": len({conn for _, conn in locks.values()}),
         "refusals": refusals,
         "rounds": {**rounds, "victims_by_phase": by_phase},
+        "truncated": cut is not None,
         "protocols": protocols,
         "events": events,
     }

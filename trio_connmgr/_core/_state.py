@@ -509,11 +509,12 @@ class State:
         scopes: list[Cancellable] | None = None
         if conn.streams:
             scopes = self._drop_streams(conn)
-        if self.sink is not None:
+        sink = self.sink  # one look: a failing trace writer may unset it meanwhile
+        if sink is not None:
             now = self.clock()
             if prune is not None:
-                self.sink(ev.ConnectionPruned(now, conn.id, str(conn.peer), prune, pruned_from))
-            self.sink(
+                sink(ev.ConnectionPruned(now, conn.id, str(conn.peer), prune, pruned_from))
+            sink(
                 ev.ConnectionClosed(
                     now, conn.id, str(conn.peer), reason, self.count, conn.direction.value
                 )
