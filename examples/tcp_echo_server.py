@@ -5,7 +5,7 @@ Run it: ``.venv/bin/python examples/tcp_echo_server.py`` (about a second).
 The server allows ``Limits(low=5, high=8)``. Twenty clients connect and echo a
 line each; two of them ask to be kept (the server locks their stream). When the
 grace periods end, the regulator prunes the server back to ``low`` (in a round or
-two): the pruned clients see their socket closed, the locked ones keep talking.
+two): the pruned clients see their socket closed, the locked ones stay open.
 """
 
 from __future__ import annotations

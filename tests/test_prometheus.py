@@ -129,6 +129,19 @@ async def test_importing_and_collecting_never_touch_the_global_registry() -> Non
         assert ours(REGISTRY) == []
 
 
+async def test_a_collector_used_as_a_context_manager_unregisters_at_its_end() -> None:
+    limit = "trio_connmgr_configured_limit_connections"
+    registry = CollectorRegistry()
+    for _ in range(2):  # the second would clash with a collector left registered
+        async with cm.open_connection_manager(limits=cm.Limits(1, 2)) as mgr:
+            with Collector(mgr, registry) as collector:
+                assert collector.registry is registry
+                assert registry.get_sample_value(limit, {"limit": "low"}) == 1.0
+            assert collector.registry is None
+            assert registry.get_sample_value(limit, {"limit": "low"}) is None
+            collector.unregister()  # again: nothing to do
+
+
 async def test_connections_are_labelled_by_direction() -> None:
     async with cm.open_connection_manager(limits=cm.Limits(5, 10)) as mgr:
         for i in range(3):

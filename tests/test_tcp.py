@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import struct
 from collections import Counter
 from functools import partial
 
 import pytest
 import trio
+import trio.testing
 
 import trio_connmgr as cm
 from trio_connmgr.tcp import open_tcp_connection, serve_tcp
@@ -256,7 +259,7 @@ async def test_a_bad_dial_argument_is_not_reported_as_a_failed_dial() -> None:
     async with cm.open_connection_manager(
         limits=cm.Limits(low=1, high=2), triggers=[recorder]
     ) as mgr:
-        with pytest.raises(TypeError):
+        with pytest.raises(cm.ConfigError, match="open_tcp_connection port"):
             async with open_tcp_connection(mgr, "127.0.0.1", None):  # type: ignore[arg-type]
                 pytest.fail("dialled without a port")  # pragma: no cover
         assert recorder.dials == []
@@ -383,4 +386,212 @@ async def test_address_of_tells_admission_where_a_client_comes_from() -> None:
             assert answers == [b"ok\n", b"", b"ok\n"]
             assert sorted(c.address for c in mgr.connections) == ["10.1.1.1", "10.1.2.1"]
             assert dict(mgr.statistics().refusals) == {"subnet": 1}
+        nursery.cancel_scope.cancel()
+
+
+async def test_open_tcp_connection_on_a_closed_manager_does_not_dial() -> None:
+    recorder = DialRecorder()
+    async with cm.open_connection_manager(limits=cm.Limits(1, 2), triggers=[recorder]) as mgr:
+        pass
+    # Nothing listens on this port: a dial would fail (and be reported).
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    with pytest.raises(cm.ManagerClosed):
+        async with open_tcp_connection(mgr, "127.0.0.1", closed_port):
+            pytest.fail("counted on a closed manager")  # pragma: no cover
+    assert recorder.dials == []
+
+
+@needs_proc
+async def test_serve_tcp_on_a_closed_manager_does_not_listen() -> None:
+    async def handler(stream: trio.SocketStream, conn: cm.Connection) -> None:
+        pass  # pragma: no cover
+
+    async with cm.open_connection_manager(limits=cm.Limits(1, 2)) as mgr:
+        pass
+    fds_before = open_fds()
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(cm.ManagerClosed):
+            await nursery.start(partial(serve_tcp, handler, 0, manager=mgr))
+        assert open_fds() == fds_before
+        nursery.cancel_scope.cancel()
+
+
+@needs_proc
+@pytest.mark.parametrize("port", [-1, 65536, 70000, True, None, "80", 8000.0])
+async def test_a_bad_port_is_a_config_error_before_any_socket(port: object) -> None:
+    recorder = DialRecorder()
+    fds_before = open_fds()
+
+    async def handler(stream: trio.SocketStream, conn: cm.Connection) -> None:
+        pass  # pragma: no cover
+
+    async with cm.open_connection_manager(limits=cm.Limits(1, 2), triggers=[recorder]) as mgr:
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(cm.ConfigError, match=rf"serve_tcp port .*got {port!r}"):
+                await nursery.start(partial(serve_tcp, handler, port, manager=mgr))
+            nursery.cancel_scope.cancel()
+        with pytest.raises(cm.ConfigError, match=rf"open_tcp_connection port .*got {port!r}"):
+            async with open_tcp_connection(mgr, "127.0.0.1", port):  # type: ignore[arg-type]
+                pytest.fail("dialled a bad port")  # pragma: no cover
+        # Port 0 picks a free port to listen on, but cannot be dialled.
+        with pytest.raises(cm.ConfigError, match=r"open_tcp_connection port .*got 0"):
+            async with open_tcp_connection(mgr, "127.0.0.1", 0):
+                pytest.fail("dialled port 0")  # pragma: no cover
+        # The caller's bug is not a network failure: nothing is reported.
+        assert recorder.dials == []
+    assert open_fds() == fds_before
+
+
+@pytest.mark.parametrize("host", ["", None, b"127.0.0.1"])
+async def test_a_bad_host_is_a_config_error_before_dialling(host: object) -> None:
+    recorder = DialRecorder()
+    async with cm.open_connection_manager(limits=cm.Limits(1, 2), triggers=[recorder]) as mgr:
+        with pytest.raises(cm.ConfigError, match=rf"open_tcp_connection host .*got {host!r}"):
+            async with open_tcp_connection(mgr, host, 1):  # type: ignore[arg-type]
+                pytest.fail("dialled a bad host")  # pragma: no cover
+        assert recorder.dials == []
+
+
+@needs_proc
+async def test_a_handler_that_is_not_callable_is_a_config_error_before_listening() -> None:
+    fds_before = open_fds()
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(1, 2)) as mgr,
+        trio.open_nursery() as nursery,
+    ):
+        with pytest.raises(cm.ConfigError, match="serve_tcp handler must be callable, got None"):
+            await nursery.start(partial(serve_tcp, None, 0, manager=mgr))
+        nursery.cancel_scope.cancel()
+    assert open_fds() == fds_before
+
+
+@pytest.mark.parametrize(
+    ("hook", "value", "message"),
+    [
+        ("peer_of", None, r"serve_tcp peer_of\(stream\) must identify a peer, got None"),
+        ("peer_of", ["x"], r"serve_tcp peer_of\(stream\) must be hashable, got \['x'\]"),
+        (
+            "address_of",
+            167837953,
+            r"serve_tcp address_of\(stream\) must be a string or None, got 167837953",
+        ),
+    ],
+)
+async def test_a_bad_peer_of_or_address_of_result_names_the_hook(
+    hook: str, value: object, message: str
+) -> None:
+    async def handler(stream: trio.SocketStream, conn: cm.Connection) -> None:
+        pass  # pragma: no cover
+
+    async with cm.open_connection_manager(limits=cm.Limits(1, 2)) as mgr:
+        # As documented, an exception from a hook stops the server.
+        error = pytest.RaisesExc(cm.ConfigError, match=message)
+        with pytest.RaisesGroup(error, flatten_subgroups=True):
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(
+                    partial(serve_tcp, handler, 0, manager=mgr, **{hook: lambda stream: value})
+                )
+                port = listeners[0].socket.getsockname()[1]
+                with trio.fail_after(10):
+                    async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+                        await wait_closed(client)
+                        await trio.sleep_forever()
+        assert mgr.statistics().connections_opened == 0
+
+
+def reset_connection(port: int) -> None:
+    """Connect to ``port`` and reset the connection at once (a blocking call).
+
+    Trio's scheduler does not run in between: the server accepts a connection
+    already reset, whose remote address can no longer be read.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.connect(("127.0.0.1", port))
+
+
+async def test_a_connection_reset_before_it_is_accepted_is_not_served() -> None:
+    # Without the remote address admission cannot apply its deny-list, caps
+    # and rate limits: such a connection must not reach the handler.
+    served: list[object] = []
+
+    async def handler(stream: trio.SocketStream, conn: cm.Connection) -> None:
+        served.append(conn.peer)
+
+    admission = cm.Admission(deny=["127.0.0.0/8"])
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(5, 10), admission=admission) as mgr,
+        trio.open_nursery() as nursery,
+    ):
+        listeners = await nursery.start(partial(serve_tcp, handler, 0, manager=mgr))
+        port = listeners[0].socket.getsockname()[1]
+        for _ in range(3):
+            reset_connection(port)
+        with trio.fail_after(10):
+            # A client still there is refused by the deny-list.
+            async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+                await wait_closed(client)
+            await trio.testing.wait_all_tasks_blocked()
+        assert served == []
+        stats = mgr.statistics()
+        assert stats.connections_opened == 0
+        assert dict(stats.refusals) == {"deny": 1}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_half_closed_client_is_served() -> None:
+    # A client that sent its request and shut its writing half before the
+    # server accepted it is still connected: it is admitted and gets its answer.
+    async def handler(stream: trio.SocketStream, conn: cm.Connection) -> None:
+        request = b""
+        while data := await stream.receive_some(64):
+            request += data
+        await stream.send_all(request.upper())
+
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(5, 10)) as mgr,
+        trio.open_nursery() as nursery,
+    ):
+        listeners = await nursery.start(partial(serve_tcp, handler, 0, manager=mgr))
+        port = listeners[0].socket.getsockname()[1]
+        with socket.socket() as sock:
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(b"hello")
+            sock.shutdown(socket.SHUT_WR)
+            client = trio.SocketStream(trio.socket.from_stdlib_socket(sock.dup()))
+        async with client:
+            answer = b""
+            with trio.fail_after(10):
+                while data := await client.receive_some(64):
+                    answer += data
+        assert answer == b"HELLO"
+        assert mgr.statistics().connections_opened == 1
+        nursery.cancel_scope.cancel()
+
+
+@needs_proc
+@pytest.mark.parametrize("hook", ["peer_of", "address_of"])
+async def test_an_async_peer_of_or_address_of_is_a_config_error_before_listening(
+    hook: str,
+) -> None:
+    # Called synchronously before admission, it would hand a coroutine, never
+    # awaited, to the manager as the peer or the address.
+    async def from_handshake(stream: trio.SocketStream) -> str:
+        return "10.0.0.1"  # pragma: no cover
+
+    async def handler(stream: trio.SocketStream, conn: cm.Connection) -> None:
+        pass  # pragma: no cover
+
+    fds_before = open_fds()
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(1, 2)) as mgr,
+        trio.open_nursery() as nursery,
+    ):
+        with pytest.raises(cm.ConfigError, match=rf"serve_tcp {hook} must be a synchronous"):
+            await nursery.start(
+                partial(serve_tcp, handler, 0, manager=mgr, **{hook: from_handshake})
+            )
+        assert open_fds() == fds_before
         nursery.cancel_scope.cancel()

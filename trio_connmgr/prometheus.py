@@ -244,6 +244,15 @@ class Collector:
     while Trio changes it. Once that Trio run has finished, a scrape yields no
     metrics.
 
+    It stays registered until :meth:`unregister`; used as a context manager
+    (``with Collector(mgr, registry):``) it unregisters when the block ends,
+    which a registry that outlives the manager needs (the next collector under
+    the same namespace would clash with it)::
+
+        async with cm.open_connection_manager(limits=limits) as mgr:
+            with Collector(mgr, prometheus_client.REGISTRY):
+                ...
+
     Args:
         manager: The :class:`~trio_connmgr.ConnectionManager` to expose.
         registry: The :class:`~prometheus_client.CollectorRegistry` to register
@@ -324,6 +333,12 @@ class Collector:
         if self.registry is not None:
             self.registry.unregister(self)
             self.registry = None
+
+    def __enter__(self) -> Collector:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.unregister()
 
     def __repr__(self) -> str:
         return f"<Collector {self._namespace}_* of {self._manager!r}>"

@@ -19,6 +19,7 @@ admission's subnet rules match).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
-from ._config import Direction, check_peer
+from ._config import Direction, check_address, check_peer
 from ._errors import ConfigError, ConnectionRefused, ManagerClosed
 from ._manager import _ConnectionContext, check_manager
 
@@ -45,16 +46,23 @@ Handler = Callable[[trio.SocketStream, "Connection"], Awaitable[object]]
 """A connection handler: ``await handler(stream, conn)``."""
 
 
-def _remote(stream: trio.SocketStream) -> tuple[str, str | None]:
-    """``("host:port", "host")`` of the socket's remote end (``("unknown", None)`` if gone)."""
+def _remote(stream: trio.SocketStream) -> tuple[str, str | None] | None:
+    """``("host:port", "host")`` of the socket's remote end (``None`` if it is gone)."""
     try:
         sockaddr: Any = stream.socket.getpeername()
     except OSError:
-        return "unknown", None
+        return None  # not connected: reset by the remote end
     if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
         host, port = str(sockaddr[0]), sockaddr[1]
         return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), host
     return str(sockaddr), None
+
+
+def _check_port(field: str, port: object, *, lowest: int) -> None:
+    # trio takes a port of 70000 for 4464 (the kernel keeps 16 bits) and a bool
+    # for an int: say so, rather than listen elsewhere or report a failed dial.
+    if isinstance(port, bool) or not isinstance(port, int) or not lowest <= port <= 65535:
+        raise ConfigError(f"{field} must be an integer from {lowest} to 65535, got {port!r}")
 
 
 async def _close_socket(stream: trio.SocketStream) -> None:
@@ -88,6 +96,10 @@ async def serve_tcp(
     - if admission refuses (:class:`ConnectionRefused`, counted by the manager in
       ``statistics().refusals``) or the manager is closed, the socket is closed
       at once and the handler never runs;
+    - a socket whose remote end is already gone (reset before it was accepted:
+      its address can no longer be read, so admission could not apply its
+      lists, caps and rate limits) is closed at once, neither admitted nor
+      refused, and the handler never runs;
     - otherwise the handler runs inside the connection's cancel scope: when the
       manager prunes the connection the handler is cancelled, quietly, and the
       socket is closed, so the remote end sees end-of-file or a reset.
@@ -100,36 +112,61 @@ async def serve_tcp(
     Args:
         handler: ``async def handler(stream, conn)``; ``conn`` is the
             :class:`~trio_connmgr.Connection`.
-        port: TCP port (``0`` picks a free one).
+        port: TCP port, from 0 to 65535 (``0`` picks a free one).
         manager: The :class:`~trio_connmgr.ConnectionManager` that counts the connections.
         host: Interface to listen on (``None``: every interface).
-        peer_of: Returns the peer identity of a new stream; default: the remote
-            ``"host:port"``.
+        peer_of: Returns the peer identity of a new stream (a synchronous
+            function, called before admission); default: the remote ``"host:port"``.
         address_of: Returns the address admission matches for a new stream
-            (its subnet caps, rate limits, allow- and deny-lists); default: the
-            remote IP address. For servers that know a client's origin better
-            than the socket does.
+            (its subnet caps, rate limits, allow- and deny-lists; a synchronous
+            function, like ``peer_of``); default: the remote IP address. For
+            servers that know a client's origin better than the socket does.
         handler_nursery: Nursery to run the handlers in (default: an internal one).
         task_status: Receives the list of :class:`trio.SocketListener`.
 
     Raises:
-        ConfigError: ``manager`` is not a ConnectionManager, or ``peer_of`` or
-            ``address_of`` is not callable (before listening). An exception from
-            ``peer_of`` or ``address_of`` stops the server like one from the handler.
+        ConfigError: ``manager`` is not a ConnectionManager, ``handler`` is not
+            callable, ``port`` is not an integer from 0 to 65535, or ``peer_of``
+            or ``address_of`` is not a synchronous function (before listening).
+            An exception from ``peer_of`` or ``address_of`` stops the server
+            like one from the handler, and so does a ``ConfigError`` naming the
+            hook when one returns what is not a peer (``None`` or unhashable) or
+            an address (a string or ``None``).
+        ManagerClosed: The manager is closed (before listening).
     """
     check_manager("serve_tcp manager", manager)
+    if not callable(handler):
+        raise ConfigError(f"serve_tcp handler must be callable, got {handler!r}")
+    _check_port("serve_tcp port", port, lowest=0)
     for field, hook in (("peer_of", peer_of), ("address_of", address_of)):
         if hook is not None and not callable(hook):
             raise ConfigError(f"serve_tcp {field} must be callable or None, got {hook!r}")
+        if inspect.iscoroutinefunction(hook):
+            # It would return a coroutine, never awaited, as the peer or address.
+            raise ConfigError(
+                f"serve_tcp {field} must be a synchronous function (it runs before "
+                f"admission), got the async function {hook!r}"
+            )
+    manager._check_open()
     listeners = await trio.open_tcp_listeners(port, host=host)
 
     async def serve_one(stream: trio.SocketStream) -> None:
         admitted = False
         try:
-            key, address = _remote(stream)
-            peer: Hashable = key if peer_of is None else peer_of(stream)
+            remote = _remote(stream)
+            if remote is None:
+                logger.debug("inbound TCP connection reset before it was accepted: not served")
+                return
+            peer: Hashable
+            key, address = remote
+            if peer_of is None:
+                peer = key
+            else:
+                peer = peer_of(stream)
+                check_peer("serve_tcp peer_of(stream)", peer)
             if address_of is not None:
                 address = address_of(stream)
+                check_address("serve_tcp address_of(stream)", address)
             # The task has just started: no schedule point before admission.
             async with _ConnectionContext(manager, peer, _INBOUND, address, False) as conn:
                 admitted = True
@@ -160,8 +197,8 @@ async def open_tcp_connection(
     reports the outcome and its latency (on the manager's clock) to
     :meth:`ConnectionManager.report_dial`, then counts the outbound connection and
     yields ``(stream, conn)``. A failed dial is reported and its ``OSError``
-    propagates; a cancelled dial is not reported, nor is a bad argument (its
-    ``TypeError`` or ``ValueError`` from :func:`trio.open_tcp_stream` propagates).
+    propagates; a cancelled dial is not reported, nor is a bad argument (a
+    :class:`ConfigError`, raised before dialling).
 
     The block runs inside the connection's cancel scope: if the manager prunes
     the connection, the block is cancelled and exits quietly (check
@@ -170,19 +207,25 @@ async def open_tcp_connection(
 
     Args:
         manager: The :class:`~trio_connmgr.ConnectionManager`.
-        host: Host name or IP address to dial.
-        port: TCP port to dial.
+        host: Host name or IP address to dial (a non-empty string).
+        port: TCP port to dial, from 1 to 65535.
         peer: The peer identity (default: ``"host:port"``).
 
     Raises:
-        ConfigError: ``manager`` is not a ConnectionManager or ``peer`` is not
-            hashable (before dialling).
+        ConfigError: ``manager`` is not a ConnectionManager, ``host`` is not a
+            non-empty string, ``port`` is not an integer from 1 to 65535, or
+            ``peer`` is not hashable (before dialling).
         OSError: The dial failed.
-        ManagerClosed: The manager closed during the dial (the socket is closed).
+        ManagerClosed: The manager is closed (nothing is dialled), or closed
+            during the dial (the socket is closed).
     """
     check_manager("open_tcp_connection manager", manager)
+    if not isinstance(host, str) or not host:
+        raise ConfigError(f"open_tcp_connection host must be a non-empty string, got {host!r}")
+    _check_port("open_tcp_connection port", port, lowest=1)
     key: Hashable = peer if peer is not None else f"{host}:{port}"
     check_peer("open_tcp_connection peer", key)
+    manager._check_open()
     started = trio.current_time()
     try:
         stream = await trio.open_tcp_stream(host, port)
@@ -195,7 +238,8 @@ async def open_tcp_connection(
         # Inside the try: if reporting raises (a user trigger's hook), the socket
         # is closed all the same.
         manager.report_dial(key, ok=True, latency=trio.current_time() - started)
-        _, address = _remote(stream)
+        remote = _remote(stream)
+        address = None if remote is None else remote[1]
         # The dial has just been a schedule point: none again before counting.
         async with _ConnectionContext(manager, key, _OUTBOUND, address, False) as conn:
             yield stream, conn
