@@ -142,6 +142,20 @@ def test_dial_health_failure_ratio_over_the_window() -> None:
     assert not reading.pressure
 
 
+def test_dial_health_forgets_a_window_from_another_runs_clock() -> None:
+    # A sensor reused by a later Trio run (the next test of a session) sees that
+    # run's clock, which may be far behind the entries it holds.
+    sensor = DialHealth(window=10.0, ratio=0.5, min_dials=4)
+    for t in range(5):
+        sensor.dial_reported(False, None, 1000.0 + t)
+    assert sensor.sample(1004.0).pressure
+    reading = sensor.sample(2.0)  # the new run's clock
+    assert (reading.values["dials"], reading.values["failed"]) == (0, 0)
+    assert not reading.pressure
+    sensor.dial_reported(False, None, 3.0)  # and the new run's dials count afresh
+    assert sensor.sample(3.0).values["dials"] == 1
+
+
 def test_dial_health_latency_inflation() -> None:
     sensor = DialHealth(window=5.0, latency_factor=3.0, min_dials=5, baseline_dials=50)
     for i in range(50):

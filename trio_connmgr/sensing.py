@@ -317,6 +317,9 @@ class DialHealth(Sensor):
       at least ``min_dials`` latencies and ``inflation >= latency_factor``;
     * no ceiling.
 
+    Reused by a later Trio run (whose clock may be behind the entries it holds),
+    it forgets its window at that run's first dial or sample; the baseline stays.
+
     Args:
         window: Seconds of dial history considered.
         ratio: Failed share of dials that means pressure, in ``(0, 1]``.
@@ -357,6 +360,7 @@ class DialHealth(Sensor):
 
     def dial_reported(self, ok: bool, latency: float | None, now: float) -> None:
         """Record a dial's outcome, and the latency of a successful one."""
+        self._check_clock(now)
         self._dials.append((now, ok))
         if not ok:
             self._failed += 1
@@ -365,6 +369,16 @@ class DialHealth(Sensor):
             self._baseline_n = min(self._baseline_n + 1, self.baseline_dials)
             self._log_baseline += (math.log(latency) - self._log_baseline) / self._baseline_n
         self._forget(now)
+
+    def _check_clock(self, now: float) -> None:
+        """Forget the window if ``now`` is before its last entry: the entries came
+        from another Trio run's clock (a sensor reused by a later run, as in the
+        next test of a session), and would otherwise stay "in the future" for ever."""
+        dials = self._dials
+        if dials and dials[-1][0] > now:
+            dials.clear()
+            self._failed = 0
+            self._latencies.clear()
 
     def _forget(self, now: float) -> None:
         dials = self._dials
@@ -385,6 +399,7 @@ class DialHealth(Sensor):
 
     def sample(self, now: float) -> Reading:
         """Failed share and latency inflation over the window."""
+        self._check_clock(now)
         self._forget(now)
         dials = len(self._dials)
         failed = self._failed
