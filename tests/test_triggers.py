@@ -215,3 +215,127 @@ async def test_pressure_is_always_on_and_names_its_rounds(
         await trio.sleep(1)
         assert mgr.statistics().connections == 2
         assert mgr.statistics().rounds.last_trigger == "pressure"
+
+
+@pytest.mark.parametrize(("ratio", "failed", "dials"), [(0.28, 7, 25), (0.55, 55, 100)])
+def test_failed_dials_fire_at_exactly_the_ratio(ratio: float, failed: int, dials: int) -> None:
+    trigger = FailedDials(ratio, window=60.0, min_dials=dials)
+    fired = [trigger.dial_reported(True, 0.1, 0.0) for _ in range(dials - failed)]
+    fired += [trigger.dial_reported(False, None, 0.0) for _ in range(failed)]
+    # The share reaches the ratio with the last dial, as failure_ratio() says.
+    assert trigger.failure_ratio(0.0) == ratio
+    assert fired == [False] * (dials - 1) + [True]
+    assert trigger.check(VIEW, 0.0)
+
+
+@pytest.mark.parametrize("ratio", [0, 0.0, -0.0])
+def test_failed_dials_reject_a_ratio_of_zero(ratio: float) -> None:
+    # Dials that all succeeded would reach a failed share of 0 (as DialHealth.ratio).
+    with pytest.raises(cm.ConfigError, match=r"FailedDials\.ratio .*\(0, 1\].*got -?0"):
+        FailedDials(ratio, window=10.0, min_dials=3)
+
+
+@pytest.mark.parametrize("hook", ["check", "next_check"])
+async def test_a_trigger_that_raises_fails_rounds_then_stops_the_manager(
+    autojump_clock: trio.testing.MockClock, hook: str
+) -> None:
+    class Buggy(Trigger):
+        name = "buggy"
+
+        def check(self, view: TriggerView, now: float) -> bool:
+            if hook == "check":
+                raise RuntimeError("trigger bug")
+            return False
+
+        def next_check(self, now: float) -> float:
+            if hook == "next_check":
+                raise RuntimeError("trigger bug")
+            return now + 1.0
+
+    # As the module says: logged and counted, back-off, then the manager stops.
+    with pytest.raises(cm.ConnMgrError, match="regulator failed 6 times") as raised:
+        async with cm.open_connection_manager(
+            limits=cm.Limits(2, 10), max_round_failures=5, triggers=[Buggy()]
+        ) as mgr:
+            await trio.sleep(1000)
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    assert mgr.statistics().rounds.failures == 6
+
+
+async def test_a_spike_while_a_round_runs_outlives_that_round(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    late = []
+
+    async with cm.open_connection_manager(
+        limits=cm.Limits(2, 8), grace_period=0, silence_period=1.0, triggers=[Spike(3, 1.0)]
+    ) as mgr:
+
+        def scorer(stream: cm.Stream) -> float:
+            # Four openings inside the round, while it plans: after its snapshot.
+            if not late:
+                late.extend(
+                    mgr.track(f"late-{i}", direction="inbound", close=trio.lowlevel.checkpoint)
+                    for i in range(4)
+                )
+            return 0.5
+
+        async with mgr.enroll("/p", quota=cm.Quota(0, 100), scorer=scorer) as p:
+            for i in range(9):  # spread out: no spike; the ninth is over high
+                p.track_stream(mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint))
+                await trio.sleep(0.5)
+            await trio.testing.wait_all_tasks_blocked()
+            stats = mgr.statistics()
+            # The high-water round pruned its snapshot of 9 down to 2; the 4 it
+            # did not see are left, under high.
+            assert (stats.rounds.count, stats.connections) == (1, 6)
+            # The spike they made is still pending: a round of its own follows.
+            await trio.sleep(2.0)
+            stats = mgr.statistics()
+            assert (stats.rounds.count, stats.rounds.last_trigger) == (2, "spike")
+            assert stats.connections == 2
+
+
+@pytest.mark.parametrize("hook", ["connection_opened", "dial_reported"])
+async def test_a_hook_that_raises_does_not_swallow_another_triggers_wake_up(
+    autojump_clock: trio.testing.MockClock, hook: str
+) -> None:
+    class Fires(Trigger):
+        name = "fires"
+        fired = False
+
+        def connection_opened(self, now: float) -> bool:
+            self.fired = True
+            return True
+
+        def dial_reported(self, ok: bool, latency: float | None, now: float) -> bool:
+            self.fired = True
+            return True
+
+        def check(self, view: TriggerView, now: float) -> bool:
+            return self.fired
+
+        def round_completed(self, now: float) -> None:
+            self.fired = False
+
+    class Raises(Trigger):
+        name = "raises"
+
+        def connection_opened(self, now: float) -> bool:
+            raise RuntimeError("hook bug")
+
+        def dial_reported(self, ok: bool, latency: float | None, now: float) -> bool:
+            raise RuntimeError("hook bug")
+
+    async with cm.open_connection_manager(
+        limits=cm.Limits(1, 10), triggers=[Fires(), Raises()]
+    ) as mgr:
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(RuntimeError, match="hook bug"):
+            if hook == "connection_opened":
+                mgr.track("a", direction="inbound", close=trio.lowlevel.checkpoint)
+            else:
+                mgr.report_dial("a", ok=False)
+        await trio.testing.wait_all_tasks_blocked()
+        # The first trigger fired before the second raised: its round runs.
+        assert mgr.statistics().rounds.last_trigger == "fires"

@@ -71,6 +71,14 @@ def check_fraction(field: str, value: object) -> float:
     return float(value)
 
 
+def check_open_fraction(field: str, value: object) -> float:
+    """Return ``value`` as a float if it is a number in ``(0, 1]``."""
+    fraction = check_fraction(field, value)
+    if fraction == 0.0:
+        raise ConfigError(f"{field} must be a number in (0, 1], got {value!r}")
+    return fraction
+
+
 def check_positive_float(field: str, value: object) -> float:
     """Return ``value`` as a float if it is a finite number > 0."""
     if isinstance(value, bool) or not isinstance(value, int | float):

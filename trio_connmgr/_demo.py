@@ -18,6 +18,7 @@ origin of the port it sees. Origins are labels: nothing binds or dials them.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import math
 import random
@@ -41,6 +42,10 @@ PHASES: tuple[tuple[str, float], ...] = (
     ("calm", 0.8),
 )
 LIMITS = cm.Limits(low=60, high=90, hard=130)
+EXTRA = ("rich", "matplotlib")
+"""What the ``demo`` extra installs: the live view and summary (rich), the plot (matplotlib)."""
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
 MESH_LOCK_TTL = 6.0
 PROTECTED_MESH_PEERS = 3
 
@@ -207,20 +212,28 @@ class Demo:
                     await done.acquire()
 
     async def _dht_query(self, burst: cm.Burst, port: int, done: trio.Semaphore) -> None:
+        """One query of a lookup: ``done`` is released once it is over, however it ends."""
         self.observed.dial_attempts += 1
+        answered = False
         try:
             async with tcp.open_tcp_connection(self.mgr, "127.0.0.1", port) as (sock, conn):
                 async with self.dht.stream(conn, burst=burst) as stream:
                     await sock.send_all(b"FIND\n")
                     reply = await _receive_line(sock)
                     stream.touch(len(reply))
+                answered = True
                 done.release()
                 # The routing table keeps the peer around until the manager prunes it.
                 while await sock.receive_some(4096):
                     pass
         except (OSError, cm.ConnectionRefused, trio.BrokenResourceError):
-            self.observed.dial_failures += 1
-            done.release()
+            if not answered:
+                self.observed.dial_failures += 1
+        finally:
+            if not answered:
+                # Also when the manager pruned the connection before the answer
+                # (the block then exits quietly): the lookup must not wait forever.
+                done.release()
 
     # --------------------------------------------------------- load generator
 
@@ -499,7 +512,9 @@ def summarise(demo: Demo) -> dict[str, Any]:
     stats = demo.final
     assert stats is not None
     observed = demo.observed
-    rounds_above_high = [r for r in observed.rounds if r.count_before > r.count_after]
+    # A round's victims say whether it pruned; its counts do not (connections
+    # arrive and close by themselves while it runs).
+    rounds_that_pruned = sum(1 for r in observed.rounds if r.victims)
     return {
         "duration": demo.options.duration,
         "seed": demo.options.seed,
@@ -510,7 +525,7 @@ def summarise(demo: Demo) -> dict[str, Any]:
         "max_count": observed.max_count,
         "limits": {"low": LIMITS.low, "high": LIMITS.high, "hard": LIMITS.hard},
         "rounds": stats.rounds.count,
-        "rounds_that_pruned": len(rounds_above_high),
+        "rounds_that_pruned": rounds_that_pruned,
         "pruned_by_phase": dict(stats.rounds.victims_by_phase),
         "refusals": dict(stats.refusals),
         "protocols": {
@@ -574,9 +589,9 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     console.print(table)
     if summary["invariants_held"]:
         console.print(
-            "[bold green]Invariants held:[/] after every round the count (less the "
-            "connections that arrived while it ran) was back under max(low, unprunable); "
-            "no locked or protected connection was pruned."
+            "[bold green]Invariants held:[/] after every round that started above high, "
+            "the count (less the connections that arrived while it ran) was at most "
+            "max(low, unprunable); no locked or protected connection was pruned."
         )
     else:
         console.print("[bold red]Invariants violated:[/]")
@@ -627,8 +642,59 @@ def plot(demo: Demo, path: Path) -> None:
     plt.close(fig)
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ctrl-C alone (Trio may bring it out of nurseries in a group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(KeyboardInterrupt)
+        return matched is not None and rest is None
+    return isinstance(exc, KeyboardInterrupt)
+
+
 def run_demo(options: DemoOptions) -> int:
-    """Run the demo; return the exit status (0 when it ran and the invariants held)."""
+    """Run the demo; return the exit status.
+
+    0 when it ran and the invariants held; 1 when they did not, or when it could
+    not start (the ``demo`` extra is missing, ``options.out`` cannot be created:
+    a message says which, nothing runs); 2 for a duration that is not a finite
+    number of seconds, at least 5; 130 after Ctrl-C (what ran is closed, the trace
+    so far is in ``options.out``).
+    """
+    # The phases start at fractions of the duration: it must be finite.
+    if not (math.isfinite(options.duration) and options.duration >= 5):
+        print(
+            f"--duration must be a finite number of seconds, at least 5, got {options.duration}",
+            file=sys.stderr,
+        )
+        return 2
+    missing = [name for name in EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"the demo needs the `demo` extra ({', '.join(missing)} not installed): "
+            "pip install 'trio_connmgr[demo]'",
+            file=sys.stderr,
+        )
+        return 1
+    out = options.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"cannot create the output folder {out}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _run_demo(options)
+    except BaseException as exc:
+        if not _interrupted(exc):
+            raise
+        trace = out / "trace.jsonl"
+        print(
+            "\ntrio_connmgr demo: interrupted"
+            + (f"; the trace so far is in {trace}" if trace.exists() else ""),
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+
+
+def _run_demo(options: DemoOptions) -> int:
     demo = Demo(options)
     if options.live:
         from rich.live import Live

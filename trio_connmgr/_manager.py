@@ -324,19 +324,19 @@ class ConnectionManager:
         try:
             if admission is not None and direction is _INBOUND:
                 admission.admitted(conn)
-            wake = len(state.connections) > state.high
             if self._open_hooks:
                 now = conn.opened_at
                 for trigger in self._open_hooks:
                     if trigger.connection_opened(now):
-                        wake = True
+                        # (Before any later hook may raise: the wake-up stands.)
+                        self._regulator.fired(trigger)
         except BaseException:
             # A trigger's hook raised: the caller gets its error and nothing
             # stays counted (nor is its scope cancelled or its close() called).
             conn._scope = None
             state.close_connection(conn, CLOSED)
             raise
-        if wake:
+        if len(state.connections) > state.high:
             self._regulator.poke()
         return conn
 
@@ -594,14 +594,12 @@ class ConnectionManager:
         if latency is not None:
             latency = check_period("report_dial latency", latency)
         now = trio.current_time()
-        wake = False
         for trigger in self._regulator.dial_hooks:
             if trigger.dial_reported(bool(ok), latency, now):
-                wake = True
+                # (Before any later hook may raise: the wake-up stands.)
+                self._regulator.fired(trigger)
         if self._sensing is not None:
             self._sensing.dial_reported(bool(ok), latency, now)
-        if wake:
-            self._regulator.poke()
 
     async def trim(self, *, force: bool = False) -> list[Connection]:
         """Run one regulation round now; return the connections it pruned.

@@ -141,8 +141,18 @@ class Regulator:
         # Whether the stuck round could revoke locks: an emergency after a stuck
         # normal round may do more, so it does not wait.
         self._stuck_emergency = False
+        # Triggers whose hook fired while a round ran: the round may have planned
+        # before what fired them, so they are not reset when it completes.
+        self._fired_meanwhile: set[int] = set()  # ids: a trigger need not be hashable
 
     # ----------------------------------------------------------------- waking
+
+    def fired(self, trigger: Trigger) -> None:
+        """A trigger's hook (``connection_opened``, ``dial_reported``) returned True:
+        wake the regulator, and keep what fired it past a round that is running."""
+        if self._round_lock.locked():
+            self._fired_meanwhile.add(id(trigger))
+        self.poke()
 
     def poke(self, *, prunable_changed: bool = False) -> None:
         """Ask the regulator to re-evaluate its triggers now. Cheap, synchronous.
@@ -439,8 +449,10 @@ class Regulator:
         rounds.last_at = now
         for phase, n in by_phase.items():
             rounds.victims_by_phase[phase] = rounds.victims_by_phase.get(phase, 0) + n
+        fired, self._fired_meanwhile = self._fired_meanwhile, set()
         for t in self.triggers:
-            t.round_completed(now)
+            if id(t) not in fired:
+                t.round_completed(now)
         logger.info(
             "round %d (%s%s): %d -> %d connections, %d pruned %s, %d locks revoked, %.1f ms",
             rounds.count,

@@ -37,7 +37,14 @@ from typing import TYPE_CHECKING, Any, final
 
 import trio
 
-from ._config import Limits, check_count, check_fraction, check_positive_float, exact_floor
+from ._config import (
+    Limits,
+    check_count,
+    check_fraction,
+    check_open_fraction,
+    check_positive_float,
+    exact_floor,
+)
 from ._core._control import Decision as Decision
 from ._core._control import Reading as Reading
 from ._core._control import decide_share
@@ -136,14 +143,6 @@ def _check_optional_count(field: str, value: object) -> int | None:
     return None if value is None else check_count(field, value)
 
 
-def _check_open_fraction(field: str, value: object) -> float:
-    """A fraction in ``(0, 1]``."""
-    fraction = check_fraction(field, value)
-    if fraction == 0.0:
-        raise ConfigError(f"{field} must be a number in (0, 1], got {value!r}")
-    return fraction
-
-
 # ------------------------------------------------------------------- sensors
 
 
@@ -211,9 +210,9 @@ class FileDescriptors(Sensor):
     def __init__(
         self, *, fraction: float = 0.5, per_connection: int = 1, pressure_at: float = 0.9
     ) -> None:
-        self.fraction = _check_open_fraction("FileDescriptors.fraction", fraction)
+        self.fraction = check_open_fraction("FileDescriptors.fraction", fraction)
         self.per_connection = check_count("FileDescriptors.per_connection", per_connection)
-        self.pressure_at = _check_open_fraction("FileDescriptors.pressure_at", pressure_at)
+        self.pressure_at = check_open_fraction("FileDescriptors.pressure_at", pressure_at)
 
     def sample(self, now: float) -> Reading:
         """Read the soft limit and count the open descriptors."""
@@ -270,7 +269,7 @@ class Memory(Sensor):
     ) -> None:
         budget = _check_optional_count("Memory.budget", budget)
         self.per_connection = check_count("Memory.per_connection", per_connection)
-        self.pressure_at = _check_open_fraction("Memory.pressure_at", pressure_at)
+        self.pressure_at = check_open_fraction("Memory.pressure_at", pressure_at)
         reserve = (
             None if reserve is None else check_count("Memory.reserve", reserve, allow_zero=True)
         )
@@ -346,7 +345,7 @@ class DialHealth(Sensor):
         baseline_dials: int = 200,
     ) -> None:
         self.window = check_positive_float("DialHealth.window", window)
-        self.ratio = _check_open_fraction("DialHealth.ratio", ratio)
+        self.ratio = check_open_fraction("DialHealth.ratio", ratio)
         self.latency_factor = check_positive_float("DialHealth.latency_factor", latency_factor)
         if self.latency_factor <= 1.0:
             raise ConfigError(f"DialHealth.latency_factor must be > 1, got {latency_factor!r}")
@@ -873,12 +872,12 @@ def auto_limits(
     """
     nofile = _check_optional_count("Limits.auto nofile", nofile)
     memory = _check_optional_count("Limits.auto memory", memory)
-    fd_fraction = _check_open_fraction("Limits.auto fd_fraction", fd_fraction)
-    memory_fraction = _check_open_fraction("Limits.auto memory_fraction", memory_fraction)
+    fd_fraction = check_open_fraction("Limits.auto fd_fraction", fd_fraction)
+    memory_fraction = check_open_fraction("Limits.auto memory_fraction", memory_fraction)
     fds_per_connection = check_count("Limits.auto fds_per_connection", fds_per_connection)
     bytes_per_connection = check_count("Limits.auto bytes_per_connection", bytes_per_connection)
-    high_ratio = _check_open_fraction("Limits.auto high_ratio", high_ratio)
-    low_ratio = _check_open_fraction("Limits.auto low_ratio", low_ratio)
+    high_ratio = check_open_fraction("Limits.auto high_ratio", high_ratio)
+    low_ratio = check_open_fraction("Limits.auto low_ratio", low_ratio)
     maximum = _check_optional_count("Limits.auto maximum", maximum)
     if nofile is None:
         nofile = nofile_limit()

@@ -28,7 +28,13 @@ deterministic under ``trio.testing.MockClock``.
         def round_completed(self, now: float) -> None:
             self.opened = 0
 
-Hooks run synchronously on the manager's hot paths: keep them O(1).
+Hooks run synchronously on the manager's hot paths: keep them O(1). A hook
+that raises is a bug its caller sees: from ``connection_opened``, the
+``connection()`` or ``track()`` call raises it and nothing is counted; from
+``dial_reported``, ``report_dial()`` raises it; from ``check``, ``next_check`` or
+``round_completed``, the regulator logs and counts a failed round and restarts
+with back-off (repeated failures stop the manager, SPEC §8). A trigger keeps
+state (its windows, what it latched, its last round): give each manager its own.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from typing import final
 
 import attrs
 
-from ._config import check_count, check_fraction, check_positive_float
+from ._config import check_count, check_open_fraction, check_positive_float
 
 __all__ = ["FailedDials", "HighWater", "Interval", "Pressure", "Spike", "Trigger", "TriggerView"]
 
@@ -79,11 +85,21 @@ class Trigger:
         return False
 
     def next_check(self, now: float) -> float:
-        """When the regulator should wake to call :meth:`check` again (``inf``: never)."""
+        """When the regulator should wake to call :meth:`check` again (``inf``: never).
+
+        Return a time later than ``now`` unless :meth:`check` is True now: the
+        regulator wakes at once for a time that has come, so one that stays in
+        the past keeps it busy.
+        """
         return math.inf
 
     def round_completed(self, now: float) -> None:
-        """A round finished (whatever triggered it): reset latched state."""
+        """A round finished (whatever triggered it): reset latched state.
+
+        Not called on a trigger whose ``connection_opened`` or ``dial_reported``
+        returned True while the round ran: the round may have planned before
+        what fired it, so the trigger stays fired and starts the next round.
+        """
 
 
 @final
@@ -156,7 +172,9 @@ class FailedDials(Trigger):
     Fed by ``mgr.report_dial(peer, ok=..., latency=...)`` (the adapters call it).
 
     Args:
-        ratio: Failed share in ``[0, 1]`` that fires it.
+        ratio: Failed share in ``(0, 1]`` that fires it (as for
+            :class:`~trio_connmgr.sensing.DialHealth`: a share of 0 would be
+            reached by dials that all succeeded).
         window: Seconds of dial history considered.
         min_dials: Fewer dials than this within the window never fire it.
     """
@@ -164,7 +182,7 @@ class FailedDials(Trigger):
     name = "failed-dials"
 
     def __init__(self, ratio: float, window: float, min_dials: int = 10) -> None:
-        self.ratio = check_fraction("FailedDials.ratio", ratio)
+        self.ratio = check_open_fraction("FailedDials.ratio", ratio)
         self.window = check_positive_float("FailedDials.window", window)
         self.min_dials = check_count("FailedDials.min_dials", min_dials)
         self._dials: deque[tuple[float, bool]] = deque()
@@ -189,10 +207,12 @@ class FailedDials(Trigger):
         if not ok:
             self._failed += 1
         self._forget(now)
+        # The share as failure_ratio() reports it: 7 failed of 25 reaches 0.28
+        # (while 7 >= 0.28 * 25 is false in floating point).
         if (
             not self._fired
             and len(self._dials) >= self.min_dials
-            and self._failed >= self.ratio * len(self._dials)
+            and self._failed / len(self._dials) >= self.ratio
         ):
             self._fired = True
             return True
