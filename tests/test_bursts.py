@@ -293,3 +293,27 @@ async def test_burst_misuse_and_events() -> None:
             ("lookup", 1, 1),
         ]
         conn.release()
+
+
+async def test_opened_at_is_when_the_burst_is_entered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(2, 20)) as mgr,
+        mgr.subscribe() as events,
+        mgr.enroll("dht", quota=cm.Quota(0, 20)) as dht,
+    ):
+        burst = dht.burst("lookup")
+        await trio.sleep(5)
+        async with burst:
+            entered = trio.current_time()
+            assert burst.opened_at == entered
+            await trio.sleep(1)
+        received = []
+        while True:
+            try:
+                received.append(events.receive_nowait())
+            except trio.WouldBlock:
+                break
+        opened = [e for e in received if isinstance(e, cm.BurstOpened)]
+        assert [e.time for e in opened] == [entered]

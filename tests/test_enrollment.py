@@ -197,3 +197,61 @@ async def test_leaving_wakes_the_regulator_above_high(
         assert trio.current_time() == pytest.approx(20.0)
         assert mgr.connections == (conns[2],)
         await locks[2].__aexit__(None, None, None)
+
+
+async def test_a_stream_context_entered_twice_at_once_is_refused() -> None:
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(5, 10)) as mgr,
+        mgr.enroll("p", quota=cm.Quota(0, 4)) as p,
+    ):
+        conn = mgr.track("a", direction="outbound", close=trio.lowlevel.checkpoint)
+        context = p.stream(conn)
+        async with context as stream:
+            with pytest.raises(cm.ConfigError, match="already entered"):
+                async with context:
+                    pytest.fail("entered twice")  # pragma: no cover
+            assert p.streams == {stream}
+        assert stream.closed
+        assert p.streams == set()
+        assert p.usage == 0
+        # Once exited, it may be entered again: a new stream.
+        async with context as again:
+            assert again is not stream
+            assert p.streams == {again}
+        assert p.usage == 0
+        conn.release()
+
+
+async def test_async_callbacks_the_manager_does_not_await_are_config_errors() -> None:
+    # Called, never awaited: an async one would only make a coroutine, never run.
+    async def scorer(stream: cm.Stream) -> float:  # pragma: no cover
+        return 1.0
+
+    async def on_grant(grant: cm.Grant) -> None:  # pragma: no cover
+        pass
+
+    async with cm.open_connection_manager(limits=cm.Limits(1, 10)) as mgr:
+        with pytest.raises(cm.ConfigError, match=r"enroll scorer must be a synchronous function"):
+            async with mgr.enroll("/p", quota=cm.Quota(0, 5), scorer=scorer):  # type: ignore[arg-type]
+                pass  # pragma: no cover
+        with pytest.raises(cm.ConfigError, match=r"enroll on_grant must be a synchronous"):
+            async with mgr.enroll("/p", quota=cm.Quota(0, 5), on_grant=on_grant):  # type: ignore[arg-type]
+                pass  # pragma: no cover
+        async with mgr.enroll("/p", quota=cm.Quota(0, 5)):  # the name was not taken
+            pass
+
+
+@pytest.mark.parametrize("hook", ["check", "connection_opened", "round_completed"])
+async def test_an_async_trigger_hook_is_a_config_error(hook: str) -> None:
+    class Async(cm.triggers.Trigger):
+        name = "async"
+
+    async def method(self: object, *args: object) -> bool:  # pragma: no cover
+        return True
+
+    setattr(Async, hook, method)
+    with pytest.raises(
+        cm.ConfigError, match=rf"trigger 'async': {hook}\(\) must be a synchronous"
+    ):
+        async with cm.open_connection_manager(limits=cm.Limits(1, 10), triggers=[Async()]):
+            pass  # pragma: no cover

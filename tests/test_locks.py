@@ -520,3 +520,19 @@ async def test_lock_misuse() -> None:
             async with lock:
                 pytest.fail("a lock was reused")  # pragma: no cover
         conn.release()
+
+
+async def test_an_async_on_revoke_is_refused() -> None:
+    async def on_revoke(lock: cm.Lock) -> None:  # pragma: no cover - never called
+        pass
+
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(2, 10)) as mgr,
+        mgr.enroll("p", quota=cm.Quota(0, 4)) as p,
+    ):
+        conn = track(mgr, "a")
+        stream = p.track_stream(conn)
+        # It would return a coroutine, never awaited: the holder would never know.
+        with pytest.raises(cm.ConfigError, match="on_revoke must be a synchronous"):
+            p.lock(stream, ttl=5, on_revoke=on_revoke)
+        conn.release()

@@ -404,7 +404,7 @@ class AsyncDials(Sensor):
 def test_async_sample_or_dial_reported_is_a_config_error(sensor: Sensor, method: str) -> None:
     # Both are called synchronously: an async one would never run, only leave a
     # "coroutine was never awaited" warning behind at every call.
-    message = rf"{sensor.name!r}: \w+\.{method}\(\) must be synchronous"
+    message = rf"{sensor.name!r}: \w+\.{method}\(\) must be a synchronous function"
     with pytest.raises(cm.ConfigError, match=message):
         Sensing([FakeSensor(), sensor])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import inspect
 import math
 from typing import Any, final
 
@@ -34,6 +35,19 @@ def check_count(field: str, value: object, *, allow_zero: bool = False) -> int:
         kind = "a non-negative" if allow_zero else "a positive"
         raise ConfigError(f"{field} must be {kind} integer, got {value!r}")
     return value
+
+
+def check_not_async(field: str, value: object) -> None:
+    """Raise ConfigError if ``value`` is an async function.
+
+    For callbacks the manager calls without awaiting: an async one would only
+    return a coroutine, never awaited (and never run).
+    """
+    if inspect.iscoroutinefunction(value):
+        raise ConfigError(
+            f"{field} must be a synchronous function (it is called, not awaited), "
+            f"got the async function {value!r}"
+        )
 
 
 def check_peer(field: str, value: object) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, final
 import attrs
 import trio
 
-from ._config import Direction, Grant, check_positive_float
+from ._config import Direction, Grant, check_not_async, check_positive_float
 from ._core._state import (
     BurstState,
     Connection,
@@ -122,13 +122,15 @@ class Enrollment(EnrollmentState):
         Entering checkpoints, then grants the lock or raises :class:`LockDenied`.
         Exiting releases it synchronously. ``ttl`` is capped by the manager's
         ``max_lock_ttl``. Under pressure the manager may revoke it: ``on_revoke(lock)``
-        is called, ``lock.revoked`` becomes true and ``wait_revoked()`` returns.
+        (a synchronous function) is called, ``lock.revoked`` becomes true and
+        ``wait_revoked()`` returns. The same happens when it expires.
         """
         ttl = check_positive_float("lock ttl", ttl)
         if type(stream) is not Stream:
             raise ConfigError(f"lock stream must be a Stream, got {stream!r}")
         if on_revoke is not None and not callable(on_revoke):
             raise ConfigError(f"lock on_revoke must be callable, got {on_revoke!r}")
+        check_not_async("lock on_revoke", on_revoke)
         if stream._member is not self:
             raise ConfigError(
                 f"stream #{stream.id} belongs to {stream.protocol!r}, not to {self.name!r}"
@@ -194,7 +196,7 @@ class Enrollment(EnrollmentState):
 class StreamContext:
     """``async with enrollment.stream(conn)``: see :meth:`Enrollment.stream`."""
 
-    __slots__ = ("_burst", "_conn", "_direction", "_member", "_scope", "_stream")
+    __slots__ = ("_burst", "_conn", "_direction", "_entered", "_member", "_scope", "_stream")
     # Set by __aenter__ (``async with`` never calls __aexit__ without it).
     _stream: Stream
     _scope: trio.CancelScope
@@ -210,9 +212,14 @@ class StreamContext:
         self._conn = conn
         self._direction = direction
         self._burst = burst
+        self._entered = False
 
     async def __aenter__(self) -> Stream:
         await trio.lowlevel.checkpoint()
+        if self._entered:
+            # A second stream and scope would replace the first's: that stream
+            # would never close, and the scopes would exit out of order.
+            raise ConfigError("this stream context is already entered")
         stream = self._member._state.open_stream(
             self._member, self._conn, self._direction, self._burst
         )
@@ -221,6 +228,7 @@ class StreamContext:
         stream._scope = scope
         self._stream = stream
         self._scope = scope
+        self._entered = True
         return stream
 
     async def __aexit__(
@@ -229,6 +237,7 @@ class StreamContext:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
+        self._entered = False
         stream = self._stream
         stream._scope = None
         if not stream.closed:

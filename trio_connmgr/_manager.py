@@ -24,6 +24,7 @@ from ._config import (
     Quota,
     check_address,
     check_count,
+    check_not_async,
     check_peer,
     check_period,
     check_positive_float,
@@ -96,6 +97,8 @@ class Explanation:
 
 
 _BOTH_FAILED = "the connection manager failed and the body of its block raised"
+_TRIGGER_HOOKS = ("check", "next_check", "connection_opened", "dial_reported", "round_completed")
+"""A trigger's methods the manager calls without awaiting."""
 
 
 def check_manager(field: str, value: object) -> None:
@@ -502,7 +505,9 @@ class ConnectionManager:
         An error of the body alone propagates unwrapped.
 
         Raises:
-            ConfigError: empty or duplicate ``name``, bad ``quota``, ``weight`` or ``scorer``.
+            ConfigError: empty or duplicate ``name``, bad ``quota``, ``weight`` or
+                ``scorer``, or an ``async`` scorer or ``on_grant`` (both are called,
+                not awaited).
             QuotaDenied: ``strict=True`` and the min cannot be granted in full:
                 it is above ``G``, or more than the other strict enrollments'
                 mins leave. A strict enrollment's min is reserved before the
@@ -521,6 +526,8 @@ class ConnectionManager:
             raise ConfigError(f"enroll scorer must be callable, got {scorer!r}")
         if on_grant is not None and not callable(on_grant):
             raise ConfigError(f"enroll on_grant must be callable, got {on_grant!r}")
+        check_not_async("enroll scorer", scorer)
+        check_not_async("enroll on_grant", on_grant)
         await trio.lowlevel.checkpoint()
         self._check_open()
         state = self._state
@@ -792,7 +799,8 @@ async def open_connection_manager(
         grace_period: Seconds a new connection is never pruned.
         silence_period: Minimum seconds between rounds (emergencies excepted).
         triggers: Extra :mod:`trio_connmgr.triggers`; ``HighWater`` and ``Pressure``
-            are always on.
+            are always on. Their methods are called, not awaited: an ``async``
+            one is a ``ConfigError``.
         sensing: A :class:`Sensing` controller moving the global share.
         admission: An :class:`Admission` policy for inbound connections.
         burst_linger: Seconds a closed burst's connections stay first in line.
@@ -831,6 +839,8 @@ async def open_connection_manager(
     for trigger in triggers:
         if not isinstance(trigger, Trigger):
             raise ConfigError(f"triggers must be Trigger instances, got {trigger!r}")
+        for hook in _TRIGGER_HOOKS:
+            check_not_async(f"trigger {trigger.name!r}: {hook}()", getattr(trigger, hook))
     if admission is not None and not isinstance(admission, Admission):
         raise ConfigError(f"admission must be an Admission or None, got {admission!r}")
     if sensing is not None:

@@ -25,7 +25,6 @@ by subclassing :class:`Sensor`; use :class:`FakeSensor` in tests.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
@@ -41,6 +40,7 @@ from ._config import (
     Limits,
     check_count,
     check_fraction,
+    check_not_async,
     check_open_fraction,
     check_positive_float,
     exact_floor,
@@ -628,13 +628,10 @@ class Sensing:
                 raise ConfigError(f"Sensing sensor names must be unique, got {name!r} twice")
             names.add(name)
             for method in ("sample", "dial_reported"):
-                # Called synchronously: an async one would never run, only leave a
-                # "coroutine was never awaited" warning behind at every call.
-                if inspect.iscoroutinefunction(getattr(sensor, method)):
-                    raise ConfigError(
-                        f"Sensing sensor {name!r}: {type(sensor).__name__}.{method}() must be "
-                        f"synchronous (a plain def), got {getattr(sensor, method)!r}"
-                    )
+                check_not_async(
+                    f"Sensing sensor {name!r}: {type(sensor).__name__}.{method}()",
+                    getattr(sensor, method),
+                )
         self.sensors: tuple[Sensor, ...] = tuple(sensors)
         self.interval = check_positive_float("Sensing.interval", interval)
         self.floor = _check_optional_count("Sensing.floor", floor)

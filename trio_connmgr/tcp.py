@@ -19,7 +19,6 @@ admission's subnet rules match).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
-from ._config import Direction, check_address, check_peer
+from ._config import Direction, check_address, check_not_async, check_peer
 from ._errors import ConfigError, ConnectionRefused, ManagerClosed
 from ._manager import _ConnectionContext, check_manager
 
@@ -141,12 +140,7 @@ async def serve_tcp(
     for field, hook in (("peer_of", peer_of), ("address_of", address_of)):
         if hook is not None and not callable(hook):
             raise ConfigError(f"serve_tcp {field} must be callable or None, got {hook!r}")
-        if inspect.iscoroutinefunction(hook):
-            # It would return a coroutine, never awaited, as the peer or address.
-            raise ConfigError(
-                f"serve_tcp {field} must be a synchronous function (it runs before "
-                f"admission), got the async function {hook!r}"
-            )
+        check_not_async(f"serve_tcp {field}", hook)
     manager._check_open()
     listeners = await trio.open_tcp_listeners(port, host=host)
 

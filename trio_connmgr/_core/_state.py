@@ -819,13 +819,14 @@ class State:
     # ------------------------------------------------------------------ bursts
 
     def new_burst(self, member: EnrollmentState, burst: BurstState) -> None:
-        """Register an opened burst."""
+        """Register an opened burst (it opens now: ``burst.opened_at``)."""
         if member.closed:
             raise ResourceClosed(f"enrollment {member.name!r} has left")
+        burst.opened_at = now = self.clock()
         member._open_bursts.add(burst)
         member.bursts_opened += 1
         if self.sink is not None:
-            self.sink(ev.BurstOpened(self.clock(), member.name, burst.id, burst.name))
+            self.sink(ev.BurstOpened(now, member.name, burst.id, burst.name))
 
     def new_burst_id(self) -> int:
         """A fresh burst id."""
