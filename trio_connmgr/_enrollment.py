@@ -73,7 +73,13 @@ class Enrollment(EnrollmentState):
     async def start(
         self, fn: Callable[..., Awaitable[object]], *args: Any, name: object = None
     ) -> Any:
-        """Start ``fn(*args, task_status=...)`` in the nursery and wait for ``started()``."""
+        """Start ``fn(*args, task_status=...)`` in the nursery and wait for ``started()``.
+
+        Raises:
+            ResourceClosed: The enrollment has left (after a checkpoint).
+        """
+        if self._nursery is None:
+            await trio.lowlevel.checkpoint()
         return await self._open_nursery().start(fn, *args, name=name)
 
     # ---------------------------------------------------------------- streams

@@ -64,6 +64,11 @@ class QuotaDenied(ConnMgrError):
             f"the manager offers min={offer.min}, max={offer.max}"
         )
 
+    def __reduce__(self) -> tuple[type[QuotaDenied], tuple[str, Grant]]:
+        # The default rebuilds from ``args`` (the message alone): pickling and
+        # copy.copy need the constructor's own arguments.
+        return type(self), (self.name, self.offer)
+
 
 @final
 class LockDenied(ConnMgrError):

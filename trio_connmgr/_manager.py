@@ -504,6 +504,19 @@ class ConnectionManager:
         also holds the body's error if the body raised one while cancelled).
         An error of the body alone propagates unwrapped.
 
+        Args:
+            name: The protocol's name, unique among the manager's enrollments.
+            quota: The share of the node's connections asked for (:class:`Quota`,
+                or :meth:`Quota.share` for fractions of ``G``).
+            scorer: ``scorer(stream) -> float`` in ``[0, 1]``, called only during
+                rounds (default: a :class:`RecencyScorer`).
+            weight: The protocol's weight in a connection's tally.
+            strict: Refuse (:class:`QuotaDenied`) rather than accept less than
+                ``quota.min``.
+            on_grant: ``on_grant(grant)``, a synchronous function called each time
+                the enrollment's grant changes, first with its initial grant during
+                ``enroll()``; an exception from it is logged, not raised.
+
         Raises:
             ConfigError: empty or duplicate ``name``, bad ``quota``, ``weight`` or
                 ``scorer``, or an ``async`` scorer or ``on_grant`` (both are called,
