@@ -9,6 +9,16 @@ import trio.testing
 import trio_connmgr as cm
 
 
+def drain(receiver: cm.EventReceiver) -> list[cm.Event]:
+    """Every event buffered now."""
+    out = []
+    while True:
+        try:
+            out.append(receiver.receive_nowait())
+        except trio.WouldBlock:
+            return out
+
+
 def value_of(stream: cm.Stream) -> float:
     return stream.metadata.get("v", 0.5)  # type: ignore[no-any-return]
 
@@ -279,12 +289,7 @@ async def test_burst_misuse_and_events() -> None:
             dht.track_stream(conn, burst=burst)
         with pytest.raises(cm.ResourceClosed):
             burst.enlist(dht.track_stream(conn))
-        received = []
-        while True:
-            try:
-                received.append(events.receive_nowait())
-            except trio.WouldBlock:
-                break
+        received = drain(events)
         closed = [e for e in received if isinstance(e, cm.BurstClosed)]
         opened = [e for e in received if isinstance(e, cm.BurstOpened)]
         assert [(e.protocol, e.name) for e in opened] == [("dht", "lookup"), ("dht", None)]
@@ -309,11 +314,6 @@ async def test_opened_at_is_when_the_burst_is_entered(
             entered = trio.current_time()
             assert burst.opened_at == entered
             await trio.sleep(1)
-        received = []
-        while True:
-            try:
-                received.append(events.receive_nowait())
-            except trio.WouldBlock:
-                break
+        received = drain(events)
         opened = [e for e in received if isinstance(e, cm.BurstOpened)]
         assert [e.time for e in opened] == [entered]
