@@ -5,18 +5,9 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from helpers import drain
 
 import trio_connmgr as cm
-
-
-def drain(receiver: cm.EventReceiver) -> list[cm.Event]:
-    """Every event buffered now."""
-    out = []
-    while True:
-        try:
-            out.append(receiver.receive_nowait())
-        except trio.WouldBlock:
-            return out
 
 
 def value_of(stream: cm.Stream) -> float:

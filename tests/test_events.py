@@ -8,6 +8,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from helpers import drain
 
 import trio_connmgr as cm
 from trio_connmgr._core._events import EVENT_TYPES, EVENTS_BY_KIND
@@ -15,16 +16,6 @@ from trio_connmgr._core._events import EVENT_TYPES, EVENTS_BY_KIND
 
 async def noop_close() -> None:
     await trio.lowlevel.checkpoint()
-
-
-def drain(receiver: cm.EventReceiver) -> list[cm.Event]:
-    """Every event buffered now."""
-    out = []
-    while True:
-        try:
-            out.append(receiver.receive_nowait())
-        except trio.WouldBlock:
-            return out
 
 
 def of_type(events: list[cm.Event], kind: type[cm.Event]) -> list[cm.Event]:

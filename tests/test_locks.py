@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from contextlib import AsyncExitStack
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from helpers import drain
 
 import trio_connmgr as cm
 
@@ -19,15 +19,6 @@ def value_of(stream: cm.Stream) -> float:
 
 def track(mgr: cm.ConnectionManager, peer: object, direction: str = "outbound") -> cm.Connection:
     return mgr.track(peer, direction=direction, close=trio.lowlevel.checkpoint)
-
-
-def drain(receiver: Any) -> list[cm.Event]:
-    events = []
-    while True:
-        try:
-            events.append(receiver.receive_nowait())
-        except trio.WouldBlock:
-            return events
 
 
 async def test_locked_connection_survives_a_round(autojump_clock: trio.testing.MockClock) -> None:

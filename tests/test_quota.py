@@ -9,6 +9,7 @@ from fractions import Fraction
 import pytest
 import trio
 import trio.testing
+from helpers import drain
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -234,12 +235,7 @@ async def test_regrant_on_enrol_and_leave() -> None:
         assert a.grant == G(6, 10)
         assert seen["a"] == [G(6, 10), G(5, 10), G(6, 10)]
         assert seen["b"] == [G(5, 8)]
-        received = []
-        while True:
-            try:
-                received.append(events.receive_nowait())
-            except trio.WouldBlock:
-                break
+        received = drain(events)
     grants = [
         (e.protocol, e.min, e.max, e.share) for e in received if isinstance(e, cm.GrantChanged)
     ]
