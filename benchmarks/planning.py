@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
 import trio
@@ -285,6 +285,8 @@ class _Timed(NamedTuple):
     """``close()`` calls awaited."""
     full: int
     """Full garbage collections run while it was timed."""
+    victims: tuple[int, ...] = ()
+    """A round's victims, in the order it pruned them: the indices of their holders."""
 
 
 class _Countdown:
@@ -389,20 +391,33 @@ async def _whole_round(
             with collector(collect) as collections:
                 started = time.perf_counter()
                 pruned = await mgr.trim()
-                victims = len(pruned)
-                closers = sum(1 for c in pruned if c.peer.startswith("trk"))
+                peers = [c.peer for c in pruned]
+                closers = sum(1 for peer in peers if peer.startswith("trk"))
                 del pruned  # as the regulator's own loop does
-                await countdown.wait(victims, closers)
+                await countdown.wait(len(peers), closers)
                 took = time.perf_counter() - started
             assert mgr._state.count == n - prune == mgr.limits.low, mgr._state.count
-            assert victims == prune
+            assert len(peers) == prune
             nursery.cancel_scope.cancel()
-    return _Timed(took * 1e3, closers, collections.full)
+    # Peers are "ctx-<i>" or "trk-<i>", i the holder's index.
+    order = tuple(int(peer[4:]) for peer in peers)
+    return _Timed(took * 1e3, closers, collections.full, order)
 
 
-async def _trio_floor(n: int, prune: int, closes: int = 0, *, collect: bool = True) -> _Timed:
+async def _trio_floor(
+    n: int,
+    prune: int,
+    closes: int = 0,
+    *,
+    collect: bool = True,
+    victims: Sequence[int] = (),
+) -> _Timed:
     """Trio alone: ``n`` tasks parked in cancel scopes; cancel ``prune`` of
     the scopes and wait until those tasks have exited (Trio's own floor).
+
+    The scopes of the first ``prune`` tasks started, whose frames lie next to
+    each other in memory; or, with ``victims`` (a round's :attr:`_Timed.victims`),
+    those of the tasks with these indices, in this order.
 
     With ``closes``, Trio alone doing what a round's victims need: ``prune -
     closes`` scopes are cancelled directly, and for the other ``closes`` a
@@ -414,10 +429,11 @@ async def _trio_floor(n: int, prune: int, closes: int = 0, *, collect: bool = Tr
     """
     countdown = _Countdown()
     scopes: list[trio.CancelScope] = []
+    by_index: dict[int, trio.CancelScope] = {}
 
-    async def parked() -> None:
+    async def parked(i: int) -> None:
         with trio.CancelScope() as scope:
-            scopes.append(scope)
+            by_index[i] = scope
             await trio.sleep_forever()
         countdown.exited()
 
@@ -426,16 +442,18 @@ async def _trio_floor(n: int, prune: int, closes: int = 0, *, collect: bool = Tr
         await trio.lowlevel.checkpoint()
         countdown.closed()
 
-    async def closing(victims: list[trio.CancelScope]) -> None:
+    async def closing(targets: list[trio.CancelScope]) -> None:
         with trio.move_on_after(60.0, shield=True):
             async with trio.open_nursery() as closers:
-                for scope in victims:
+                for scope in targets:
                     closers.start_soon(close, scope)
 
     async with trio.open_nursery() as nursery:
-        for _ in range(n):
-            nursery.start_soon(parked)
+        for i in range(n):
+            nursery.start_soon(parked, i)
         await trio.testing.wait_all_tasks_blocked()
+        scopes = [by_index[i] for i in (victims or range(prune))]
+        assert len(scopes) == prune
         clean()
         with collector(collect) as collections:
             started = time.perf_counter()
@@ -510,16 +528,18 @@ async def _measure(scale: Scale) -> list[Row]:
     context: list[float] = []
     tracked: list[float] = []
     floor: list[float] = []
+    own: list[float] = []
     same: list[float] = []
     paused: list[float] = []
     same_paused: list[float] = []
     await _whole_round(n, prune, seed=0)  # warm up
-    full = {"ours": 0, "same": 0, "floor": 0}
+    full = {"ours": 0, "same": 0, "floor": 0, "own": 0}
     for i in range(scale.round_repeats):
         clean()
         timed = await _whole_round(n, prune, seed=i)
         ours.append(timed.ms)
         full["ours"] += timed.full
+        ours_victims = timed.victims
         clean()
         baseline = await _trio_floor(n, prune, timed.closes)
         same.append(baseline.ms)
@@ -537,6 +557,10 @@ async def _measure(scale: Scale) -> list[Row]:
         baseline = await _trio_floor(n, prune)
         floor.append(baseline.ms)
         full["floor"] += baseline.full
+        clean()
+        baseline = await _trio_floor(n, prune, victims=ours_victims)
+        own.append(baseline.ms)
+        full["own"] += baseline.full
     repeats = scale.round_repeats
     trio_floor = "Trio: cancel as many parked scopes"
     trio_same = "Trio: cancel, and await close() in tasks"
@@ -556,6 +580,24 @@ async def _measure(scale: Scale) -> list[Row]:
                 "half in tasks (each close() cancels its holder's scope). Full garbage "
                 f"collections while timed: {full['ours']} in {repeats} rounds, "
                 f"{full['floor']} in {repeats} baselines"
+            ),
+        )
+    )
+    rows.append(
+        row(
+            "planning",
+            "the same round, against Trio cancelling its victims' scopes",
+            "ms",
+            ours,
+            "Trio: cancel the same tasks' scopes",
+            own,
+            note=(
+                "the floor above cancels the scopes of the first tasks started, whose frames "
+                "lie next to each other in memory; this one cancels those of the tasks the "
+                "same repeat's round pruned, in the order it pruned them (by score, spread "
+                "over the heap). The same work as the floor: the difference between the "
+                "two baselines is the cost of reaching tasks scattered in memory. Full "
+                f"garbage collections while timed: {full['own']} in {repeats} baselines"
             ),
         )
     )
