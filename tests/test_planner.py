@@ -76,7 +76,7 @@ def usage_without(state: State, gone: set[Connection]) -> dict[EnrollmentState, 
 
 def is_excluded(state: State, conn: Connection, now: float) -> bool:
     locked = any(lock.held for lock in conn._locks)
-    return conn.peer in state.protected or locked or now - conn.opened_at < state.grace_period
+    return conn.peer in state.protected or locked or now < conn.opened_at + state.grace_period
 
 
 def tie_key(conn: Connection) -> tuple[bool, float, int]:
@@ -197,12 +197,19 @@ def check_plan(
             assert any(
                 s._member is member and outside_open_bursts(s) for s in v.connection.streams
             )
-    # The rest: ascending tally (inbound first, newest first); nothing cheaper left
-    # behind unless it holds a protocol at its grant.min.
-    rest = [v.connection for v in normal if v.reason.phase is Phase.TALLY]
     busy = [c for c in prunable if c.streams]
     tolerance = _planner.TIE * max([1.0, *map(expected_tally, busy)])
     runs = tie_runs(busy, tolerance)
+    # Within an offending protocol: ascending tally, ties as in the rest.
+    for before, after_it in itertools.pairwise(normal):
+        if (
+            before.reason.phase is after_it.reason.phase is Phase.OFFENDER
+            and before.reason.protocol == after_it.reason.protocol
+        ):
+            assert not goes_before(after_it.connection, before.connection, runs)
+    # The rest: ascending tally (inbound first, newest first); nothing cheaper left
+    # behind unless it holds a protocol at its grant.min.
+    rest = [v.connection for v in normal if v.reason.phase is Phase.TALLY]
     for before, after_it in itertools.pairwise(rest):
         assert not goes_before(after_it, before, runs), (before, after_it)
     if rest:

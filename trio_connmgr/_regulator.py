@@ -86,7 +86,7 @@ def lock_revocations(state: State, now: float, wanted: int) -> list[Connection]:
         for conn in state.connections.values()
         if conn._locks
         and conn.peer not in state.protected
-        and now - conn.opened_at >= state.grace_period
+        and now >= conn.opened_at + state.grace_period  # (as in exclusion())
     ]
     locked.sort(key=lambda conn: (tally(conn), conn.id))
     return locked[:wanted]
@@ -383,8 +383,8 @@ class Regulator:
         collect: list[Connection] | None,
         ranked: int,
     ) -> tuple[int, int]:
-        """Prune ``plan``'s victims that are still prunable; return how many it
-        pruned and how many it skipped though still open.
+        """Prune ``plan``'s victims that are still prunable, never below ``low``;
+        return how many it pruned and how many it skipped though still open.
 
         ``ranked``: ranks this round already gave (the plan's ranks follow them).
         """
@@ -397,6 +397,7 @@ class Regulator:
         pruned = skipped = 0
         debug = logger.isEnabledFor(logging.DEBUG)
         prune = self._manager._prune
+        connections = state.connections
         for start in range(0, len(victims), APPLY_CHUNK):
             if start:
                 await trio.lowlevel.checkpoint()
@@ -404,6 +405,10 @@ class Regulator:
             for victim, reason in zip(victims[start:stop], reasons[start:stop], strict=True):
                 assert victim is not None
                 assert reason is not None
+                if len(connections) <= state.low:
+                    # Connections that were not victims closed on their own since
+                    # planning: the plan's target (count - low then) is too many.
+                    return pruned, skipped
                 # Checkpoints let other tasks run: a victim may have closed,
                 # been locked or protected since planning, or carry a stream
                 # of a protocol it did not carry then. Usage now is the truth.

@@ -152,7 +152,10 @@ def exclusion(state: State, conn: Connection, now: float) -> str | None:
         return "protected"
     if conn._locks:
         return "locked"
-    if now - conn.opened_at < state.grace_period:
+    # (Not ``now - opened_at < grace``: it may still hold at ``opened_at + grace``,
+    # the time a round left short by grace waits for, which would then wait for
+    # nothing, again and again at one instant.)
+    if now < conn.opened_at + state.grace_period:
         return "grace"
     return None
 
@@ -318,10 +321,10 @@ def plan_round(
                     why = "protected"
                 elif conn._locks:
                     why = "locked"
-                    if now - conn.opened_at < grace:
+                    if now < conn.opened_at + grace:  # (as in exclusion())
                         # Revocable under pressure once its grace period ends.
                         grace_ends = min(grace_ends, conn.opened_at + grace)
-                elif now - conn.opened_at < grace:
+                elif now < conn.opened_at + grace:
                     why = "grace"
                     grace_ends = min(grace_ends, conn.opened_at + grace)
                 if why is not None:
@@ -388,13 +391,16 @@ def plan_round(
         finally:
             state.round_now = outer_now
 
+    if any(member.closed for shape in shapes for member in shape):
+        # A protocol that left between two chunks no longer uses the connections
+        # classified with it: it keeps none of them for its grant.min.
+        shapes[:] = [tuple(m for m in shape if not m.closed) for shape in shapes]
     for plain, shared in zip(shapes, shape_counts, strict=True):
         for member in plain:
             plain_usage[member] = plain_usage.get(member, 0) + shared
-    # (A defaultdict: a protocol that left during the round counts as unused.)
-    usage = collections.defaultdict(int, {m: m.usage for m in state.members.values()})
     # Every protocol a candidate's grant.min check can read.
     in_play = {member for shape in shapes for member in shape}
+    usage = {member: member.usage for member in in_play}
     free = bytearray(b"\x01") * n  # 0 once taken
     victims: list[Connection] = []
     reasons: list[PruneReason] = []
@@ -484,12 +490,33 @@ def plan_round(
         take_all(run, phase, names(run, protocol))
         return None if count == wanted else fresh[stop:]
 
+    # Phases 3 and 4 read ``busy`` by ascending tally, each run of tied tallies
+    # (see TIE) in the full order (_tie_key), whatever the last bits of their sums
+    # (a connection's scores are summed in the order of its set of streams). The
+    # ties are broken window by window, only as far as the phases read; a window
+    # ends between two different tallies, so that each run of ties is re-ordered
+    # whole (a run as long as the list, from a constant scorer, makes one window).
+    ordered_to = 0  # busy[:ordered_to] is in that order
+
+    def order_ties(stop: int) -> None:
+        """Put at least ``busy[:stop]`` in the order of phases 3 and 4."""
+        nonlocal ordered_to
+        while ordered_to < min(stop, len(busy)):
+            end = min(ordered_to + chunk, len(busy))
+            while end < len(busy) and tallies[busy[end]] - tallies[busy[end - 1]] <= tolerance:
+                end += 1
+            window = busy[ordered_to:end]
+            _break_ties(window, tallies.__getitem__, lambda i: _tie_key(conns[i]), tolerance)
+            busy[ordered_to:end] = window
+            ordered_to = end
+
     def select(
         ordered: list[int], phase: Phase, offender: EnrollmentState | None = None
     ) -> Generator[None, None, None]:
         """Take candidates from ``ordered`` until the target is reached (or, for an
         offender, from those whose plain protocols include it until it is
-        back within its ``grant.max``), skipping those a grant.min blocks."""
+        back within its ``grant.max``), skipping those a grant.min blocks.
+        ``busy`` has its ties broken as it is read."""
         name = None
         has: set[int] | None = None
         if offender is not None:
@@ -498,6 +525,8 @@ def plan_round(
         for start in range(0, len(ordered), chunk):
             if start:
                 yield
+            if ordered is busy:
+                order_ties(start + chunk)
             part = ordered[start : start + chunk]
             # The candidates still free (and, for an offender, its own), filtered in C.
             fresh = list(itertools.compress(part, map(free.__getitem__, part)))
@@ -539,33 +568,22 @@ def plan_round(
     if idle and len(victims) < target:
         yield from _sorted(idle, lambda i: conns[i].last_active)
         yield from select(idle, Phase.IDLE)
-    # Phases 3 and 4 take candidates by ascending tally; equal tallies stay in id
-    # order until phase 4 breaks its ties by the full order.
+    # Phases 3 and 4 take candidates by ascending tally (ties: see order_ties).
+    tolerance = 0.0
     if len(victims) < target:
         yield from _sorted(busy, tallies.__getitem__)
+        if busy:
+            tolerance = TIE * max(1.0, tallies[busy[-1]])
     # Phase 3: offending protocols, most over quota first, lowest tally first within.
-    offenders = [m for m, k in plain_usage.items() if k > m.grant.max]
+    offenders = [m for m, k in plain_usage.items() if k > m.grant.max and not m.closed]
     offenders.sort(key=lambda m: (-plain_usage[m] / max(m.grant.max, 0.5), m.name))
     for offender in offenders:
         if len(victims) >= target:
             break
         yield from select(busy, Phase.OFFENDER, offender)
-    # Phase 4: everything else by ascending tally, ties broken by the full order
-    # window by window, only as far as the phase reads. A window ends between two
-    # different tallies, so that each run of ties is re-ordered whole (a run as
-    # long as the list, from a constant scorer, makes one window).
-    start = 0
-    tolerance = TIE * max(1.0, tallies[busy[-1]]) if busy else 0.0
-    while start < len(busy) and len(victims) < target:
-        if start:
-            yield
-        stop = min(start + chunk, len(busy))
-        while stop < len(busy) and tallies[busy[stop]] - tallies[busy[stop - 1]] <= tolerance:
-            stop += 1
-        window = busy[start:stop]
-        _break_ties(window, tallies.__getitem__, lambda i: _tie_key(conns[i]), tolerance)
-        yield from select(window, Phase.TALLY)
-        start = stop
+    # Phase 4: everything else by ascending tally.
+    if len(victims) < target:
+        yield from select(busy, Phase.TALLY)
     # Forced rounds may go below grant.min when nothing else is left.
     if forced:
         for i, phase, protocol in blocked:
