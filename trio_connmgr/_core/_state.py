@@ -644,7 +644,7 @@ class State:
             if member.quota._wanted_min(share) > max(0, share - firm):
                 raise QuotaDenied(member.name, allocate(share, quotas, strict[:-1])[-1])
         self.members[member.name] = member
-        return self.regrant(allocate(share, quotas, strict))
+        return self.regrant(allocate(share, quotas, strict), new=member)
 
     def leave(self, member: EnrollmentState) -> list[EnrollmentState]:
         """Remove an enrollment: close its streams, end its locks, return its quota."""
@@ -663,14 +663,20 @@ class State:
             del self.members[member.name]
         return self.regrant()
 
-    def regrant(self, grants: list[Grant] | None = None) -> list[EnrollmentState]:
-        """Recompute every grant; notify and return those that changed."""
+    def regrant(
+        self, grants: list[Grant] | None = None, *, new: EnrollmentState | None = None
+    ) -> list[EnrollmentState]:
+        """Recompute every grant; notify and return those that changed.
+
+        ``new``, an enrollment just admitted, is told its first grant even if that
+        is ``Grant(0, 0)`` (which it held, unannounced, before it was admitted).
+        """
         members = list(self.members.values())
         if grants is None:
             grants = allocate(self.share, [m.quota for m in members], [m.strict for m in members])
         changed: list[tuple[EnrollmentState, Grant]] = []
         for member, grant in zip(members, grants, strict=True):
-            if grant != member.grant:
+            if grant != member.grant or member is new:
                 changed.append((member, member.grant))
                 member.grant = grant
         # Every grant is set before anyone is told: a callback sees them all as
@@ -755,7 +761,19 @@ class State:
         lock.ttl = ttl
         lock.expires_at = self.clock() + min(ttl, self.max_lock_ttl)
         heapq.heappush(self._expiries, (lock.expires_at, lock.id, lock))
+        # The entry for the old expiry stays behind: a lock extended at every
+        # message would grow the heap by one entry per call for a whole ttl.
+        self._compact_expiries()
         return lock.expires_at
+
+    def _compact_expiries(self) -> None:
+        """Drop the heap's stale entries (ended locks, superseded expiries) once
+        they are well over twice the held locks."""
+        if len(self._expiries) > 2 * self._held_locks + 64:
+            # Ended locks stay in the heap until their expiry would have come:
+            # compact it, or it keeps their streams and connections alive.
+            self._expiries = [e for e in self._expiries if e[2].held and e[2].expires_at == e[0]]
+            heapq.heapify(self._expiries)
 
     def end_lock(self, lock: LockState, how: str) -> bool:
         """End a held lock (``released``, ``revoked``, ``expired`` or ``dropped``)."""
@@ -763,11 +781,7 @@ class State:
             return False
         lock.status = how
         self._held_locks -= 1
-        if len(self._expiries) > 2 * self._held_locks + 64:
-            # Ended locks stay in the heap until their expiry would have come:
-            # compact it, or it keeps their streams and connections alive.
-            self._expiries = [e for e in self._expiries if e[2].held and e[2].expires_at == e[0]]
-            heapq.heapify(self._expiries)
+        self._compact_expiries()
         member = lock._member
         conn = lock.stream.connection
         assert isinstance(conn._locks, list)

@@ -225,10 +225,13 @@ def snapshot(state: State, **extra: Any) -> Statistics:
     """
     now = state.clock()
     linger = state.burst_linger
-    lingering: dict[str, int] = {}
+    # By enrollment, not by name: the bursts of an enrollment that has left
+    # linger on, and are not those of a new enrollment under the same name.
+    lingering: dict[EnrollmentState, int] = {}
     for burst in state.lingering:
         if burst.closed_at is not None and now - burst.closed_at <= linger:
-            lingering[burst.protocol] = lingering.get(burst.protocol, 0) + 1
+            member = burst._member
+            lingering[member] = lingering.get(member, 0) + 1
     rounds = state.rounds
     limits = state.limits
     return Statistics(
@@ -248,8 +251,7 @@ def snapshot(state: State, **extra: Any) -> Statistics:
         connections_pruned=state.connections_pruned,
         streams_opened=state.streams_opened,
         protocols={
-            name: protocol_statistics(m, lingering.get(name, 0))
-            for name, m in state.members.items()
+            name: protocol_statistics(m, lingering.get(m, 0)) for name, m in state.members.items()
         },
         rounds=RoundStatistics(
             count=rounds.count,
