@@ -4,8 +4,11 @@ Run it: ``.venv/bin/python examples/tcp_echo_server.py`` (about a second).
 
 The server allows ``Limits(low=5, high=8)``. Twenty clients connect and echo a
 line each; two of them ask to be kept (the server locks their stream). When the
-grace periods end, the regulator prunes the server back to ``low`` (in a round or
-two): the pruned clients see their socket closed, the locked ones stay open.
+grace periods end, the regulator prunes the server back under ``high`` (in a
+round or two): the pruned clients see their socket closed, the locked ones stay
+open. It usually ends at ``low`` (5); it ends at 6 to 8 when the last round
+comes while some connections are still in their grace period (they open
+milliseconds apart) and spares them: regulation starts only above ``high``.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ async def main() -> None:
                 data = await stream.receive_some(1024)
 
         outcome: dict[str, str] = {}
+        # Each client the server closes says so here.
+        closed_send, closed_receive = trio.open_memory_channel[str](CLIENTS)
 
         async def client(i: int, port: int) -> None:
             name = f"client-{i:02}"
@@ -59,6 +64,7 @@ async def main() -> None:
                 except trio.BrokenResourceError:
                     pass
                 outcome[name] = "closed by the server"
+                closed_send.send_nowait(name)
 
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(partial(serve_tcp, handler, 0, manager=mgr))
@@ -79,7 +85,10 @@ async def main() -> None:
                             )
                             if event.count_after <= 8:
                                 break
-                await trio.sleep(0.2)  # let the clients notice
+                # Every connection the server pruned, its client has seen closed.
+                with trio.fail_after(5):
+                    for _ in range(CLIENTS - mgr.statistics().connections):
+                        await closed_receive.receive()
                 for name in sorted(outcome):
                     print(f"  {name}: {outcome[name]}")
                 print(f"server count now {mgr.statistics().connections} (low=5, high=8)")

@@ -4,8 +4,10 @@ Run it: ``.venv/bin/python examples/two_protocols.py``
 
 A "chat" protocol values streams by recent bytes; a "sync" protocol rates
 every stream low. Thirty in-memory connections push the count over ``high``;
-the regulator prunes back to ``low``, taking the lowest tallies first and
-leaving each protocol its reserved minimum.
+the regulator prunes back to ``low``: first the connections that put a
+protocol over its ``max`` (the offender phase, most over quota first, lowest
+tally first within it), then the lowest tallies, leaving each protocol its
+reserved minimum.
 """
 
 from __future__ import annotations

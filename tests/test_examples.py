@@ -16,7 +16,12 @@ SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("test
 # and not only that it ran. The socket examples run in real time: their exact
 # counts vary, their bounds do not.
 EXPECTED = {
-    "two_protocols.py": r"after the round: 10 connections",
+    "two_protocols.py": (
+        r"after the round: 10 connections\n"
+        r"pruned by phase: \{'offender': 11, 'tally': 9\}\n"
+        r"  chat: usage 7 \(grant 2\.\.10\)\n"
+        r"  sync: usage 3 \(grant 3\.\.9\)"
+    ),
     "dht_and_pubsub.py": r"pruned by phase: \{'burst': 28\}",
     "tcp_echo_server.py": r"server count now [5-8] \(low=5, high=8\)",
     # (A pruned peer sees a reset or, under load, the end of the stream.)

@@ -229,6 +229,22 @@ async def test_prunable_but_the_count_is_at_low() -> None:
     assert "is prunable (tally 0.000) but the count 1 is at or below low=2" in why.text
 
 
+async def test_prunable_but_ranks_below_the_one_victim(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_manager(limits=cm.Limits(low=1, high=10)) as mgr:
+        # Idle connections go least recently active first: the newer one is spared.
+        mgr.track("older", direction="inbound", close=noop_close)
+        await trio.sleep(1)
+        newer = mgr.track("newer", direction="inbound", close=noop_close)
+        why = mgr.explain(newer)
+    assert why.prunable
+    assert not why.would_prune
+    assert "is prunable (tally 0.000) but ranks below the victim a round would take now" in (
+        why.text
+    )
+
+
 async def test_explanations_are_frozen_and_named() -> None:
     async with open_manager() as mgr:
         conn = mgr.track("peer-x", direction="inbound", close=noop_close)

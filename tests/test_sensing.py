@@ -371,7 +371,7 @@ async def test_real_ceilings_bound_the_share(autojump_clock: Any) -> None:
         assert stats.sensors["memory"]["rss"] > 0
 
 
-# ------------------------------------------------------------ found in review
+# -------------------------------------------------------------- edge cases
 
 
 class AsyncSample(Sensor):

@@ -764,9 +764,11 @@ class ConnectionManager:
                 f"{state.count} is at or below low={state.low}"
             )
         else:
+            wanted = state.count - state.low
+            victims = "the victim" if wanted == 1 else f"the {wanted} victims"
             text = (
-                f"{head} is prunable (tally {value:.3f}) but ranks below the "
-                f"{state.count - state.low} victims a round would take now"
+                f"{head} is prunable (tally {value:.3f}) but ranks below "
+                f"{victims} a round would take now"
             )
         return Explanation(
             conn.id,
