@@ -414,13 +414,19 @@ class ConnectionManager:
         if state.closed:
             return
         state.closed = True
-        for member in list(state.members.values()):
-            assert isinstance(member, Enrollment)
-            if member._nursery is not None:
-                member._nursery.cancel_scope.cancel("connection manager closed")
-            state.leave(member)
-        state.close()
-        self._hub.close()
+        try:
+            for member in list(state.members.values()):
+                assert isinstance(member, Enrollment)
+                if member._nursery is not None:
+                    member._nursery.cancel_scope.cancel("connection manager closed")
+                # (Its leaving regrants the others: their on_grant callbacks may
+                # raise what they must not catch, a KeyboardInterrupt.)
+                state.leave(member)
+        finally:
+            # Whatever a callback raised, every connection is closed (tracked
+            # ones' close() awaited) and every subscription ended.
+            state.close()
+            self._hub.close()
 
     # ------------------------------------------------------------ connections
 
@@ -926,6 +932,14 @@ async def open_connection_manager(
         fatal = manager._fatal if manager is not None else None
         if fatal is None:
             raise
+        if isinstance(exc, trio.Cancelled) or (
+            isinstance(exc, BaseExceptionGroup) and exc.split(trio.Cancelled)[1] is None
+        ):
+            # Only the cancellation of a scope around the manager came out (the
+            # body raised nothing of its own): the failure alone, as documented.
+            # (An error may take a Cancelled's place; its scope stays cancelled.
+            # No `from`: that would replace its cause, the round's error.)
+            raise fatal  # noqa: B904
         # The manager failed, and an error came out of the nurseries as well: the
         # body's cleanup raised while being cancelled, in a group with that
         # cancellation (a nursery in the body). Report both.

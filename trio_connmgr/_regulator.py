@@ -13,7 +13,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Generator, Sequence
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, NoReturn, TypeVar, cast
 
 import trio
 
@@ -34,6 +34,9 @@ APPLY_CHUNK = 256
 """Victims whose scopes are cancelled between two checkpoints."""
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
+_BACKOFF_DOUBLINGS = math.ceil(math.log2(BACKOFF_MAX / BACKOFF_BASE))
+"""Doublings of BACKOFF_BASE that reach BACKOFF_MAX (the exponent stops there: a
+power of two past 2 ** 1023 no longer converts to a float)."""
 REFILLS = 2
 """Times a round plans again for victims it had to skip as it applied."""
 IDLE_RETRY = 1.0
@@ -136,6 +139,9 @@ class Regulator:
         self._round_lock = trio.Lock()
         self._sleep: trio.CancelScope | None = None
         self._poked = False
+        # Pokes that said connections may have become prunable (see poke()): a
+        # round left short that saw one arrive meanwhile must not wait as stuck.
+        self._prunable_changes = 0
         self._last_round_end = -math.inf
         self._stuck_until = -math.inf
         # Whether the stuck round could revoke locks: an emergency after a stuck
@@ -163,6 +169,7 @@ class Regulator:
         """
         if prunable_changed:
             self._stuck_until = -math.inf
+            self._prunable_changes += 1
         if not self._poked:
             self._poked = True
             if self._sleep is not None:
@@ -226,9 +233,13 @@ class Regulator:
                     error.__cause__ = exc
                     self._manager._fail(error)
                     return
-                await trio.sleep(min(BACKOFF_BASE * 2 ** (len(failures) - 1), BACKOFF_MAX))
+                doublings = min(len(failures) - 1, _BACKOFF_DOUBLINGS)
+                delay = min(BACKOFF_BASE * 2**doublings, BACKOFF_MAX)
+            # (Backing off outside the except block lets go of the failed round's
+            # traceback, and of the plan its frames hold.)
+            await trio.sleep(delay)
 
-    async def _loop(self) -> None:
+    async def _loop(self) -> NoReturn:
         while True:
             self._poked = False
             now = trio.current_time()
@@ -283,6 +294,7 @@ class Regulator:
             state = self._state
             started = time.perf_counter()
             now = trio.current_time()
+            changes = self._prunable_changes
             state.expire_locks(now)
             count_before = state.count
             # First without going below any grant.min, even in a forced round:
@@ -354,9 +366,11 @@ class Regulator:
                     # The silence period lets the effects of a round settle; a round
                     # that changed nothing has no effects to wait for.
                     self._last_round_end = end
-                if shortfall:
+                if shortfall and self._prunable_changes == changes:
                     # Retrying cannot help until a connection leaves its grace period
                     # (or a poke says something else changed, or a while has passed).
+                    # (A poke that came while the round yielded may have made prunable
+                    # what it planned as safe: then the next round need not wait.)
                     retry = end + max(self.silence_period, IDLE_RETRY)
                     self._stuck_until = min(retry, max(grace_ends, end))
                     self._stuck_emergency = forced or emergency or self.pressure
