@@ -82,7 +82,9 @@ def lock_revocations(state: State, now: float, wanted: int) -> list[Connection]:
     """Locked connections whose locks to revoke, lowest tally first.
 
     Only connections that revocation would make prunable (not protected, not in
-    grace) are considered.
+    grace) are considered, and those whose pruning would take a protocol below its
+    ``grant.min`` come last: revoking their locks spares nothing unless a forced
+    round goes below a grant.min, its last resort.
     """
     locked = [
         conn
@@ -91,7 +93,7 @@ def lock_revocations(state: State, now: float, wanted: int) -> list[Connection]:
         and conn.peer not in state.protected
         and now >= conn.opened_at + state.grace_period  # (as in exclusion())
     ]
-    locked.sort(key=lambda conn: (tally(conn), conn.id))
+    locked.sort(key=lambda conn: (below_min(conn), tally(conn), conn.id))
     return locked[:wanted]
 
 
@@ -305,18 +307,9 @@ class Regulator:
             # recorded (its checkpoints are only schedule points, and it awaits nothing
             # else); a cancellation reaches a trim() caller at its next checkpoint.
             with trio.CancelScope(shield=True):
-                revoked = 0
-                wanted = plan.shortfall
-                if not forced:
-                    # Connections in their grace period become prunable on their own
-                    # soon: revoke locks only for the shortfall grace cannot explain.
-                    wanted -= plan.excluded.get("grace", 0)
-                if wanted > 0 and (forced or emergency or self.pressure):
-                    for conn in lock_revocations(state, now, wanted):
-                        for lock in list(conn._locks):
-                            revoked += state.end_lock(lock, "revoked")
-                if revoked or (forced and plan.shortfall):
-                    plan, mark = await self._plan(now, trigger, forced=forced)
+                plan, mark, revoked = await self._revoke_and_replan(
+                    plan, mark, now, trigger, forced=forced, emergency=emergency
+                )
                 phases: dict[Phase, int] = {}
                 # (Forced victims come last in a plan: nothing else was left.)
                 last_resort = bool(plan.reasons) and plan.reasons[-1].forced
@@ -332,9 +325,12 @@ class Regulator:
                 ):
                     refills += 1
                     now = trio.current_time()
-                    plan, mark = await self._plan(
-                        now, trigger, forced=forced, target=state.count - state.low
+                    # As the round began: locks before going below a grant.min.
+                    plan, mark = await self._plan(now, trigger, target=state.count - state.low)
+                    plan, mark, more = await self._revoke_and_replan(
+                        plan, mark, now, trigger, forced=forced, emergency=emergency, refill=True
                     )
+                    revoked += more
                     last_resort = bool(plan.reasons) and plan.reasons[-1].forced
                     more, skipped = await self._apply(plan, now, phases, collect, ranked)
                     ranked += len(plan.connections)
@@ -377,6 +373,42 @@ class Regulator:
                 else:
                     self._stuck_until = -math.inf
             return pruned
+
+    async def _revoke_and_replan(
+        self,
+        plan: Plan,
+        mark: int,
+        now: float,
+        trigger: str,
+        *,
+        forced: bool,
+        emergency: bool,
+        refill: bool = False,
+    ) -> tuple[Plan, int, int]:
+        """After a plan made without going below any grant.min, even in a forced
+        round: revoke locks for its shortfall where the round may (forced, an
+        emergency, sensing pressure), then plan again (forced, a forced round
+        may now go below a grant.min as its last resort). Returns the plan, its
+        mark and how many locks were revoked.
+
+        ``refill``: the plan is for the rest of the round (its target the count
+        above ``low`` now).
+        """
+        state = self._state
+        revoked = 0
+        wanted = plan.shortfall
+        if not forced:
+            # Connections in their grace period become prunable on their own
+            # soon: revoke locks only for the shortfall grace cannot explain.
+            wanted -= plan.excluded.get("grace", 0)
+        if wanted > 0 and (forced or emergency or self.pressure):
+            for conn in lock_revocations(state, now, wanted):
+                for lock in list(conn._locks):
+                    revoked += state.end_lock(lock, "revoked")
+        if revoked or (forced and plan.shortfall):
+            target = state.count - state.low if refill else None
+            plan, mark = await self._plan(now, trigger, forced=forced, target=target)
+        return plan, mark, revoked
 
     async def _plan(
         self, now: float, trigger: str, *, forced: bool = False, target: int | None = None
