@@ -9,6 +9,8 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,24 @@ from trio_connmgr._demo import Demo, DemoOptions, print_summary, run_demo, summa
 def demo_command(*args: str) -> list[str]:
     """The command line of ``python -m trio_connmgr demo ARGS``."""
     return [sys.executable, "-m", "trio_connmgr", "demo", *args]
+
+
+@contextmanager
+def sigint_not_ignored() -> Iterator[None]:
+    """Let the processes started in the block see Ctrl-C.
+
+    A shell without job control starts a background command (``make test &`` in
+    a script, a CI runner) with SIGINT ignored; its children inherit that, and
+    Python then leaves SIGINT ignored: the demo would never see the Ctrl-C.
+    """
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 needs_demo_extra = pytest.mark.skipif(
@@ -160,12 +180,14 @@ def test_demo_with_an_output_folder_it_cannot_create_says_so(tmp_path: Path) -> 
 @pytest.mark.timeout(120)
 def test_demo_exits_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with subprocess.Popen(
-        demo_command("--duration", "60", "--no-live", "--out", str(out)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
+    with sigint_not_ignored():
+        process = subprocess.Popen(
+            demo_command("--duration", "60", "--no-live", "--out", str(out)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    with process:
         assert process.stdout is not None
         try:
             # A progress line with connections open: the node is up and serving.

@@ -21,6 +21,7 @@ async def test_inbound_flood(figures: Figures, collected: None) -> None:
     fds_before = open_fds()
     valuable: dict[str, cm.Connection] = {}
     max_count = 0
+    refused_under_hard = 0
     worst_tick = 0.0
 
     async with (
@@ -107,14 +108,27 @@ async def test_inbound_flood(figures: Figures, collected: None) -> None:
 
         for sock in honest:
             await sock.aclose()
+        # The clients are done, but the server may not have accepted the last of
+        # their connections yet: follow its events until it has admitted or
+        # refused every connection that reached it.
+        reached = len(honest) + outcomes["connected"]
+        answered = 0
+        count = 0
+        with trio.fail_after(60):
+            async for event in events:
+                if isinstance(event, cm.ConnectionOpened):
+                    answered += 1
+                    count = event.count
+                    max_count = max(max_count, count)
+                elif isinstance(event, cm.ConnectionClosed):
+                    count = event.count
+                elif isinstance(event, cm.AdmissionRefused):
+                    answered += 1
+                    if event.reason == "hard" and count < limits.hard:
+                        refused_under_hard += 1
+                if answered >= reached:
+                    break
         stats = mgr.statistics()
-        while True:
-            try:
-                event = events.receive_nowait()
-            except trio.WouldBlock:
-                break
-            if isinstance(event, cm.ConnectionOpened):
-                max_count = max(max_count, event.count)
         nursery.cancel_scope.cancel()
 
     lost = [name for name, conn in valuable.items() if conn.close_reason in ("pruned", "evicted")]
@@ -127,9 +141,11 @@ async def test_inbound_flood(figures: Figures, collected: None) -> None:
     figures["worst ticker delay (ms)"] = f"{worst_tick * 1e3:.1f}"
 
     assert outcomes["connected"] + outcomes["failed"] == ATTEMPTS
+    # The cap holds, and refuses only at the cap. (How often the flood reaches it
+    # depends on the machine's speed: "refusals by reason" shows it.)
     assert max_count <= limits.hard
+    assert refused_under_hard == 0
     assert lost == []
-    assert stats.refusals.get("hard", 0) > 0
-    assert sum(stats.refusals.values()) + stats.connections_opened >= ATTEMPTS
+    assert sum(stats.refusals.values()) + stats.connections_opened == reached
     assert stats.protocols["/essential"].pruned == 0
     assert open_fds() == fds_before
