@@ -326,9 +326,10 @@ class Regulator:
                     refills += 1
                     now = trio.current_time()
                     # As the round began: locks before going below a grant.min.
-                    plan, mark = await self._plan(now, trigger, target=state.count - state.low)
+                    # (Each plan's target is the count above low as it starts.)
+                    plan, mark = await self._plan(now, trigger)
                     plan, mark, more = await self._revoke_and_replan(
-                        plan, mark, now, trigger, forced=forced, emergency=emergency, refill=True
+                        plan, mark, now, trigger, forced=forced, emergency=emergency
                     )
                     revoked += more
                     last_resort = bool(plan.reasons) and plan.reasons[-1].forced
@@ -383,16 +384,12 @@ class Regulator:
         *,
         forced: bool,
         emergency: bool,
-        refill: bool = False,
     ) -> tuple[Plan, int, int]:
         """After a plan made without going below any grant.min, even in a forced
         round: revoke locks for its shortfall where the round may (forced, an
         emergency, sensing pressure), then plan again (forced, a forced round
         may now go below a grant.min as its last resort). Returns the plan, its
         mark and how many locks were revoked.
-
-        ``refill``: the plan is for the rest of the round (its target the count
-        above ``low`` now).
         """
         state = self._state
         revoked = 0
@@ -406,19 +403,14 @@ class Regulator:
                 for lock in list(conn._locks):
                     revoked += state.end_lock(lock, "revoked")
         if revoked or (forced and plan.shortfall):
-            target = state.count - state.low if refill else None
-            plan, mark = await self._plan(now, trigger, forced=forced, target=target)
+            plan, mark = await self._plan(now, trigger, forced=forced)
         return plan, mark, revoked
 
-    async def _plan(
-        self, now: float, trigger: str, *, forced: bool = False, target: int | None = None
-    ) -> tuple[Plan, int]:
+    async def _plan(self, now: float, trigger: str, *, forced: bool = False) -> tuple[Plan, int]:
         """Plan a round; return the plan and the id of the newest connection it knew
         of (planning reads the connections as it starts, before any checkpoint)."""
         mark = newest(self._state)
-        plan = await drive(
-            plan_round(self._state, now, target=target, trigger=trigger, forced=forced)
-        )
+        plan = await drive(plan_round(self._state, now, trigger=trigger, forced=forced))
         return plan, mark
 
     async def _apply(
