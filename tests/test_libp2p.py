@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -571,6 +572,13 @@ async def _stalled_peer_pruned(
             return await read(n)  # type: ignore[no-any-return]
 
         remote_raw.read = stuck_read
+        # yamux lets a stream send 256 KiB before the peer's window update: the
+        # sockets must hold less, or the writer waits on the window (polling, with
+        # the write lock free) instead of on the full socket. Loopback's buffers
+        # grow as they are used; pin them small.
+        local_raw: Any = conn.muxed_conn.secured_conn.conn.conn  # type: ignore[attr-defined]
+        local_raw.stream.stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        remote_raw.stream.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         writer_ended = trio.Event()
 
         async def writer() -> None:

@@ -382,6 +382,33 @@ async def test_reaching_hard_is_an_emergency_at_once(
             assert set(mgr.connections) == {locks[2].stream.connection, newcomer}
 
 
+@pytest.mark.parametrize("hard", [4, None])
+async def test_trim_at_hard_revokes_like_a_round_of_the_regulator(hard: int | None) -> None:
+    # SPEC §6: the count at hard is pressure, whoever runs the round.
+    async with (
+        cm.open_connection_manager(
+            limits=cm.Limits(1, 4, hard=hard), grace_period=0, lock_budget=4
+        ) as mgr,
+        mgr.enroll("p", quota=cm.Quota(0, 4), scorer=value_of) as p,
+        AsyncExitStack() as stack,
+    ):
+        locks = []
+        for i in range(4):
+            stream = p.track_stream(track(mgr, i))
+            stream.metadata["v"] = i / 10
+            locks.append(await stack.enter_async_context(p.lock(stream, ttl=1000)))
+        # At high, not above it: the regulator leaves the count alone.
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().connections == 4
+        pruned = await mgr.trim()
+        if hard is None:
+            assert pruned == []
+            assert [lock.status for lock in locks] == ["held"] * 4
+        else:
+            assert [c.peer for c in pruned] == [0, 1, 2]
+            assert [lock.status for lock in locks] == ["revoked"] * 3 + ["held"]
+
+
 async def test_force_trim_revokes_a_lock_before_going_below_a_grant_min() -> None:
     # SPEC §8: below grant.min only when nothing else is left; a lock that a
     # forced round may revoke (§6) is something else.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -46,6 +47,11 @@ def setup(
         (math.inf, 1.0, 1, 0),
         (-0.2, 0.0, 1, 0),
         (-math.inf, 0.0, 1, 0),
+        # Out of range, though too large for a float.
+        pytest.param(10**400, 1.0, 1, 0, id="huge-int"),
+        pytest.param(-(10**400), 0.0, 1, 0, id="huge-negative-int"),
+        (Fraction(1, 3), 1 / 3, 0, 0),
+        (Fraction(7, 2), 1.0, 1, 0),
         (math.nan, NEUTRAL, 0, 1),
         ("0.9", NEUTRAL, 0, 1),
         (None, NEUTRAL, 0, 1),

@@ -631,7 +631,9 @@ class ConnectionManager:
         """Run one regulation round now; return the connections it pruned.
 
         With ``force=True`` the round may revoke locks (lowest tally first) and
-        take protocols below their ``grant.min`` when nothing else is left.
+        take protocols below their ``grant.min`` when nothing else is left. Without
+        it, the round revokes locks only in an emergency, as the regulator's do: the
+        count at ``hard``, or sensing pressure.
 
         Cancelling the caller while the round plans leaves no trace. Once the
         round has planned it runs to its end (it revokes and prunes in chunks,

@@ -299,6 +299,9 @@ class Regulator:
             changes = self._prunable_changes
             state.expire_locks(now)
             count_before = state.count
+            # The count at hard or sensing pressure as the round starts makes it an
+            # emergency, whoever runs it (a trim() too: SPEC §6).
+            emergency = emergency or self.emergency()
             # First without going below any grant.min, even in a forced round:
             # revoking locks comes before that last resort (SPEC §6, §8).
             plan, mark = await self._plan(now, trigger)

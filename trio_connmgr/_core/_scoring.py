@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
@@ -99,14 +98,16 @@ def checked(member: EnrollmentState, value: Any) -> float:
     try:
         if 0.0 <= value <= 1.0:
             return float(value)
-        value = float(value)
+        # Compared before converting: an int too large for a float is out of range.
+        above = value > 1.0
+        if above or value < 0.0:
+            member.scorer_clamped += 1
+            return 1.0 if above else 0.0
     except Exception:
         return scorer_failed(member)
-    if math.isnan(value):
-        member.scorer_errors += 1
-        return NEUTRAL
-    member.scorer_clamped += 1
-    return 0.0 if value < 0.0 else 1.0
+    # Neither in [0, 1] nor outside it: NaN.
+    member.scorer_errors += 1
+    return NEUTRAL
 
 
 def tally(conn: Connection) -> float:
