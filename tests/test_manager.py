@@ -220,3 +220,30 @@ async def test_statistics_snapshot() -> None:
         assert mgr.limits == cm.Limits(4, 6, 8)
         for conn in conns:
             conn.release()
+
+
+async def test_trim_runs_at_once_and_starts_the_silence_period_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with cm.open_connection_manager(
+        limits=cm.Limits(1, 3), grace_period=0, silence_period=10
+    ) as mgr:
+        for i in range(4):  # above high: the regulator's round prunes to low
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().rounds.count == 1
+        await trio.sleep(1)
+        for i in range(4, 6):
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+        # Within the silence period, below high: trim() does not wait for it.
+        assert len(await mgr.trim()) == 2
+        assert trio.current_time() == 1
+        # Above high again: the regulator waits 10 s from the trim's round.
+        for i in range(6, 9):
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+        await trio.sleep(9.99)
+        assert mgr.statistics().connections == 4
+        await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().connections == 1
+        assert mgr.statistics().rounds.last_at == 11

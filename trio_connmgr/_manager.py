@@ -630,6 +630,9 @@ class ConnectionManager:
     async def trim(self, *, force: bool = False) -> list[Connection]:
         """Run one regulation round now; return the connections it pruned.
 
+        The round runs at once: the silence period holds back only the regulator's
+        own rounds (a round that prunes starts it again for them).
+
         With ``force=True`` the round may revoke locks (lowest tally first) and
         take protocols below their ``grant.min`` when nothing else is left. Without
         it, the round revokes locks only in an emergency, as the regulator's do: the
@@ -820,7 +823,8 @@ async def open_connection_manager(
     Args:
         limits: The watermarks (:class:`Limits`).
         grace_period: Seconds a new connection is never pruned.
-        silence_period: Minimum seconds between rounds (emergencies excepted).
+        silence_period: Minimum seconds between the regulator's rounds
+            (emergencies excepted; :meth:`~ConnectionManager.trim` runs at once).
         triggers: Extra :mod:`trio_connmgr.triggers`; ``HighWater`` and ``Pressure``
             are always on. Their methods are called, not awaited: an ``async``
             one is a ``ConfigError``.
