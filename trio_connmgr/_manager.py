@@ -414,14 +414,22 @@ class ConnectionManager:
         if state.closed:
             return
         state.closed = True
+        error: BaseException | None = None
         try:
             for member in list(state.members.values()):
                 assert isinstance(member, Enrollment)
                 if member._nursery is not None:
                     member._nursery.cancel_scope.cancel("connection manager closed")
                 # (Its leaving regrants the others: their on_grant callbacks may
-                # raise what they must not catch, a KeyboardInterrupt.)
-                state.leave(member)
+                # raise what they must not catch, a KeyboardInterrupt. The others
+                # leave all the same, their tasks cancelled; then it is raised.)
+                try:
+                    state.leave(member)
+                except BaseException as exc:
+                    if error is None:
+                        error = exc
+            if error is not None:
+                raise error
         finally:
             # Whatever a callback raised, every connection is closed (tracked
             # ones' close() awaited) and every subscription ended.
@@ -582,9 +590,13 @@ class ConnectionManager:
             raise BaseExceptionGroup(group.message, [*group.exceptions, body_error]) from None
         finally:
             enrollment._nursery = None
-            state.leave(enrollment)
-            enrollment._left()
-            self._wake_if_above_high()
+            try:
+                # (Its leaving regrants the others: their on_grant callbacks may
+                # raise what they must not catch, a KeyboardInterrupt.)
+                state.leave(enrollment)
+            finally:
+                enrollment._left()
+                self._wake_if_above_high()
         if body_error is not None:
             raise body_error
 
@@ -602,9 +614,14 @@ class ConnectionManager:
         check_peer("unprotect peer", peer)
         if not isinstance(tag, str):
             raise ConfigError(f"unprotect tag must be a string, got {tag!r}")
-        still = self._state.unprotect(peer, tag)
-        if not still:
-            self._wake_if_above_high()  # its connections may be prunable now
+        state = self._state
+        was_protected = peer in state.protected
+        still = state.unprotect(peer, tag)
+        if was_protected and not still:
+            # Its connections may be prunable now. (Not when nothing changed: a
+            # wake-up would cut short a round's wait after it fell short, and
+            # one called from a scorer would make rounds follow each other.)
+            self._wake_if_above_high()
         return still
 
     def is_protected(self, peer: Hashable) -> bool:

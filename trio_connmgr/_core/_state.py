@@ -670,6 +670,8 @@ class State:
 
         ``new``, an enrollment just admitted, is told its first grant even if that
         is ``Grant(0, 0)`` (which it held, unannounced, before it was admitted).
+        Should a callback raise what it must not catch (a ``KeyboardInterrupt``),
+        the others are told all the same, and then it is raised.
         """
         members = list(self.members.values())
         if grants is None:
@@ -681,14 +683,24 @@ class State:
                 member.grant = grant
         # Every grant is set before anyone is told: a callback sees them all as
         # they are now, and one that raises (even a KeyboardInterrupt) leaves no
-        # grant behind.
+        # grant behind. Nor anyone untold: the others still get their event,
+        # their waiters woken and their callback; then the first error is raised.
+        error: BaseException | None = None
         for member, old in changed:
             grant = member.grant
-            if self.sink is not None:
-                self.sink(
-                    ev.GrantChanged(self.clock(), member.name, grant.min, grant.max, self.share)
-                )
-            member._grant_changed(old, grant)
+            try:
+                if self.sink is not None:
+                    self.sink(
+                        ev.GrantChanged(
+                            self.clock(), member.name, grant.min, grant.max, self.share
+                        )
+                    )
+                member._grant_changed(old, grant)
+            except BaseException as exc:
+                if error is None:
+                    error = exc
+        if error is not None:
+            raise error
         return [member for member, _ in changed]
 
     # -------------------------------------------------------------- protection
