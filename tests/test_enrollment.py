@@ -241,6 +241,20 @@ async def test_async_callbacks_the_manager_does_not_await_are_config_errors() ->
             pass
 
 
+async def test_an_object_with_an_async_call_is_no_synchronous_callback() -> None:
+    class Scorer:
+        async def __call__(self, stream: cm.Stream) -> float:  # pragma: no cover
+            return 1.0
+
+    async with cm.open_connection_manager(limits=cm.Limits(1, 10)) as mgr:
+        with pytest.raises(cm.ConfigError, match=r"enroll scorer must be a synchronous function"):
+            async with mgr.enroll("/p", quota=cm.Quota(0, 5), scorer=Scorer()):  # type: ignore[arg-type]
+                pass  # pragma: no cover
+        with pytest.raises(cm.ConfigError, match=r"enroll on_grant must be a synchronous"):
+            async with mgr.enroll("/p", quota=cm.Quota(0, 5), on_grant=Scorer()):  # type: ignore[arg-type]
+                pass  # pragma: no cover
+
+
 @pytest.mark.parametrize("hook", ["check", "connection_opened", "round_completed"])
 async def test_an_async_trigger_hook_is_a_config_error(hook: str) -> None:
     class Async(cm.triggers.Trigger):

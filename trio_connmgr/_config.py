@@ -43,7 +43,10 @@ def check_not_async(field: str, value: object) -> None:
     For callbacks the manager calls without awaiting: an async one would only
     return a coroutine, never awaited (and never run).
     """
-    if inspect.iscoroutinefunction(value):
+    # (An object whose __call__ is async returns a coroutine just the same.)
+    if inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(
+        getattr(type(value), "__call__", None)
+    ):
         raise ConfigError(
             f"{field} must be a synchronous function (it is called, not awaited), "
             f"got the async function {value!r}"
