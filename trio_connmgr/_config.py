@@ -44,8 +44,8 @@ def check_not_async(field: str, value: object) -> None:
     return a coroutine, never awaited (and never run).
     """
     # (An object whose __call__ is async returns a coroutine just the same.)
-    if inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(
-        getattr(type(value), "__call__", None)
+    if inspect.iscoroutinefunction(value) or (
+        callable(value) and inspect.iscoroutinefunction(type(value).__call__)
     ):
         raise ConfigError(
             f"{field} must be a synchronous function (it is called, not awaited), "

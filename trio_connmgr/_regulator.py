@@ -146,6 +146,9 @@ class Regulator:
         self._prunable_changes = 0
         self._last_round_end = -math.inf
         self._stuck_until = -math.inf
+        # The newest connection the stuck round knew of: those opened after it may
+        # let the next round succeed once out of their grace period.
+        self._stuck_mark = 0
         # Whether the stuck round could revoke locks: an emergency after a stuck
         # normal round may do more, so it does not wait.
         self._stuck_emergency = False
@@ -201,6 +204,18 @@ class Regulator:
         wake = min((t.next_check(now) for t in self.triggers), default=math.inf)
         return None, wake
 
+    def _arrivals_prunable_at(self) -> float:
+        """When the first connection opened since the stuck round planned (of a peer
+        not protected) leaves its grace period; ``inf`` if there is none."""
+        state = self._state
+        mark, self._stuck_mark = self._stuck_mark, newest(state)
+        first = math.inf
+        for conn_id in itertools.takewhile(mark.__lt__, reversed(state.connections)):
+            conn = state.connections[conn_id]
+            if conn.peer not in state.protected:
+                first = min(first, conn.opened_at)
+        return first + state.grace_period
+
     async def _sleep_until(self, deadline: float) -> None:
         with trio.CancelScope(deadline=deadline) as scope:
             self._sleep = scope
@@ -252,6 +267,9 @@ class Regulator:
                 continue
             emergency = self.emergency()
             not_before = self._last_round_end + self.silence_period
+            if self._stuck_until > now:
+                # The stuck round did not know the connections opened since.
+                self._stuck_until = min(self._stuck_until, self._arrivals_prunable_at())
             if self._stuck_until > now and (self._stuck_emergency or not emergency):
                 # A round left short waits until something can have changed (a
                 # grace period ending, or a while), emergency or not; only an
@@ -373,6 +391,7 @@ class Regulator:
                     # what it planned as safe: then the next round need not wait.)
                     retry = end + max(self.silence_period, IDLE_RETRY)
                     self._stuck_until = min(retry, max(grace_ends, end))
+                    self._stuck_mark = mark
                     self._stuck_emergency = forced or emergency or self.pressure
                 else:
                     self._stuck_until = -math.inf
