@@ -339,3 +339,43 @@ async def test_a_hook_that_raises_does_not_swallow_another_triggers_wake_up(
         await trio.testing.wait_all_tasks_blocked()
         # The first trigger fired before the second raised: its round runs.
         assert mgr.statistics().rounds.last_trigger == "fires"
+
+
+async def test_a_round_completed_hook_that_raises_finds_the_round_recorded() -> None:
+    class Raises(Trigger):
+        name = "raises"
+
+        def round_completed(self, now: float) -> None:
+            raise RuntimeError("hook bug")
+
+    class Counts(Trigger):
+        name = "counts"
+        completed = 0
+
+        def round_completed(self, now: float) -> None:
+            self.completed += 1
+
+    counts = Counts()
+    async with (
+        cm.open_connection_manager(
+            limits=cm.Limits(2, 4), grace_period=0, triggers=[Raises(), counts]
+        ) as mgr,
+        mgr.subscribe() as events,
+    ):
+        conns = [
+            mgr.track(i, direction="outbound", close=trio.lowlevel.checkpoint) for i in range(4)
+        ]
+        # trim() raises the bug to its caller, after the round has pruned and
+        # been recorded; the other trigger is told all the same.
+        with pytest.raises(RuntimeError, match="hook bug"):
+            await mgr.trim()
+        assert [c.close_reason for c in conns] == ["pruned", "pruned", None, None]
+        assert mgr.statistics().rounds.count == 1
+        assert counts.completed == 1
+        kinds = []
+        while True:
+            try:
+                kinds.append(type(events.receive_nowait()))
+            except trio.WouldBlock:
+                break
+        assert kinds[-1] is cm.RoundCompleted

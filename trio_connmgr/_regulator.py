@@ -395,7 +395,25 @@ class Regulator:
                     self._stuck_emergency = forced or emergency or self.pressure
                 else:
                     self._stuck_until = -math.inf
+                # Last, so that a hook that raises (a bug in its trigger) finds the
+                # round recorded, its event sent and its timing set.
+                self._round_completed(end)
             return pruned
+
+    def _round_completed(self, now: float) -> None:
+        """Tell the triggers that did not fire during the round that it completed;
+        every one of them, even if one raises (the first error is raised after)."""
+        fired, self._fired_meanwhile = self._fired_meanwhile, set()
+        error: BaseException | None = None
+        for t in self.triggers:
+            if id(t) not in fired:
+                try:
+                    t.round_completed(now)
+                except BaseException as exc:
+                    if error is None:
+                        error = exc
+        if error is not None:
+            raise error
 
     async def _revoke_and_replan(
         self,
@@ -514,10 +532,6 @@ class Regulator:
         rounds.last_at = now
         for phase, n in by_phase.items():
             rounds.victims_by_phase[phase] = rounds.victims_by_phase.get(phase, 0) + n
-        fired, self._fired_meanwhile = self._fired_meanwhile, set()
-        for t in self.triggers:
-            if id(t) not in fired:
-                t.round_completed(now)
         logger.info(
             "round %d (%s%s): %d -> %d connections, %d pruned %s, %d locks revoked, %.1f ms",
             rounds.count,
