@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 import trio
+from helpers import DialRecorder
 
 import trio_connmgr as cm
 from trio_connmgr.sensing import FakeSensor, FileDescriptors, Reading, Sensing, Sensor
 from trio_connmgr.tcp import open_tcp_connection, serve_tcp
-from trio_connmgr.triggers import Trigger
 
 INTERVAL = 5.0
 
@@ -150,19 +150,6 @@ def test_admission_refuses_flags_where_numbers_or_bools_belong(
 
 
 # ------------------------------------------------------------------- tcp
-
-
-class DialRecorder(Trigger):
-    """A trigger that never fires and records every report_dial."""
-
-    name = "dial-recorder"
-
-    def __init__(self) -> None:
-        self.dials: list[tuple[bool, float | None]] = []
-
-    def dial_reported(self, ok: bool, latency: float | None, now: float) -> bool:
-        self.dials.append((ok, latency))
-        return False
 
 
 async def wait_closed(stream: trio.SocketStream) -> None:

@@ -16,10 +16,10 @@ from functools import partial
 import pytest
 import trio
 import trio.testing
+from helpers import DialRecorder
 
 import trio_connmgr as cm
 from trio_connmgr.tcp import open_tcp_connection, serve_tcp
-from trio_connmgr.triggers import Trigger
 
 CLIENTS = 100
 LOCKED = 5
@@ -54,19 +54,6 @@ async def wait_closed(stream: trio.SocketStream) -> None:
             pass
     except trio.BrokenResourceError:
         pass  # reset by the peer: closed as well
-
-
-class DialRecorder(Trigger):
-    """A trigger that never fires and records every report_dial."""
-
-    name = "dial-recorder"
-
-    def __init__(self) -> None:
-        self.dials: list[tuple[bool, float | None]] = []
-
-    def dial_reported(self, ok: bool, latency: float | None, now: float) -> bool:
-        self.dials.append((ok, latency))
-        return False
 
 
 @needs_proc
