@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, final
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar, final
 
 if TYPE_CHECKING:
     from ._config import Grant
+
+_T = TypeVar("_T")
+
+
+def call_each(action: Callable[[_T], object], items: Iterable[_T]) -> None:
+    """``action(item)`` for every item, even if one raises (user callbacks may
+    raise anything, a ``KeyboardInterrupt`` too); then the first error is raised."""
+    error: BaseException | None = None
+    for item in items:
+        try:
+            action(item)
+        except BaseException as exc:
+            if error is None:
+                error = exc
+    if error is not None:
+        raise error
 
 
 class ConnMgrError(Exception):

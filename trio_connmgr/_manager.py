@@ -32,10 +32,10 @@ from ._config import (
 from ._core._events import AdmissionRefused
 from ._core._planner import Phase, PruneReason, exclusion, plan_now
 from ._core._scoring import RecencyScorer, tally
-from ._core._state import CLOSED, PRUNED, RELEASED, Connection, Scorer, State
+from ._core._state import CLOSED, PRUNED, RELEASED, Connection, EnrollmentState, Scorer, State
 from ._core._stats import Statistics, snapshot
 from ._enrollment import Enrollment, parse_direction
-from ._errors import ConfigError, ConnectionRefused, ConnMgrError, ManagerClosed
+from ._errors import ConfigError, ConnectionRefused, ConnMgrError, ManagerClosed, call_each
 from ._events import EventHub, EventReceiver, TraceWriter
 from ._regulator import Regulator
 from .admission import Admission, enforce_hard_cap
@@ -414,22 +414,18 @@ class ConnectionManager:
         if state.closed:
             return
         state.closed = True
-        error: BaseException | None = None
+
+        def leave(member: EnrollmentState) -> None:
+            assert isinstance(member, Enrollment)
+            if member._nursery is not None:
+                member._nursery.cancel_scope.cancel("connection manager closed")
+            state.leave(member)
+
         try:
-            for member in list(state.members.values()):
-                assert isinstance(member, Enrollment)
-                if member._nursery is not None:
-                    member._nursery.cancel_scope.cancel("connection manager closed")
-                # (Its leaving regrants the others: their on_grant callbacks may
-                # raise what they must not catch, a KeyboardInterrupt. The others
-                # leave all the same, their tasks cancelled; then it is raised.)
-                try:
-                    state.leave(member)
-                except BaseException as exc:
-                    if error is None:
-                        error = exc
-            if error is not None:
-                raise error
+            # (Leaving regrants the others: their on_grant callbacks may raise
+            # what they must not catch, a KeyboardInterrupt. The others leave all
+            # the same, their tasks cancelled; then it is raised.)
+            call_each(leave, list(state.members.values()))
         finally:
             # Whatever a callback raised, every connection is closed (tracked
             # ones' close() awaited) and every subscription ended.

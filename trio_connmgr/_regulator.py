@@ -20,7 +20,7 @@ import trio
 from ._core._planner import Phase, Plan, PruneReason, exclusion, plan_round
 from ._core._scoring import tally
 from ._core._state import Connection, State
-from ._errors import ConnMgrError
+from ._errors import ConnMgrError, call_each
 from .triggers import HighWater, Pressure, Trigger, TriggerView
 
 if TYPE_CHECKING:
@@ -404,16 +404,9 @@ class Regulator:
         """Tell the triggers that did not fire during the round that it completed;
         every one of them, even if one raises (the first error is raised after)."""
         fired, self._fired_meanwhile = self._fired_meanwhile, set()
-        error: BaseException | None = None
-        for t in self.triggers:
-            if id(t) not in fired:
-                try:
-                    t.round_completed(now)
-                except BaseException as exc:
-                    if error is None:
-                        error = exc
-        if error is not None:
-            raise error
+        call_each(
+            lambda t: t.round_completed(now), [t for t in self.triggers if id(t) not in fired]
+        )
 
     async def _revoke_and_replan(
         self,

@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any, Protocol, final
 import attrs
 
 from .._config import Direction, Grant, Limits, Quota, check_count
-from .._errors import ConfigError, LockDenied, ManagerClosed, QuotaDenied, ResourceClosed
+from .._errors import (
+    ConfigError,
+    LockDenied,
+    ManagerClosed,
+    QuotaDenied,
+    ResourceClosed,
+    call_each,
+)
 from . import _events as ev
 from ._quota import allocate
 
@@ -681,26 +688,21 @@ class State:
             if grant != member.grant or member is new:
                 changed.append((member, member.grant))
                 member.grant = grant
+
         # Every grant is set before anyone is told: a callback sees them all as
         # they are now, and one that raises (even a KeyboardInterrupt) leaves no
         # grant behind. Nor anyone untold: the others still get their event,
         # their waiters woken and their callback; then the first error is raised.
-        error: BaseException | None = None
-        for member, old in changed:
+        def tell(change: tuple[EnrollmentState, Grant]) -> None:
+            member, old = change
             grant = member.grant
-            try:
-                if self.sink is not None:
-                    self.sink(
-                        ev.GrantChanged(
-                            self.clock(), member.name, grant.min, grant.max, self.share
-                        )
-                    )
-                member._grant_changed(old, grant)
-            except BaseException as exc:
-                if error is None:
-                    error = exc
-        if error is not None:
-            raise error
+            if self.sink is not None:
+                self.sink(
+                    ev.GrantChanged(self.clock(), member.name, grant.min, grant.max, self.share)
+                )
+            member._grant_changed(old, grant)
+
+        call_each(tell, changed)
         return [member for member, _ in changed]
 
     # -------------------------------------------------------------- protection
