@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn, TypeVar, cast
 
 import trio
@@ -64,9 +64,15 @@ def newest(state: State) -> int:
     return next(reversed(state.connections), 0)
 
 
+def ids_since(state: State, mark: int) -> Iterator[int]:
+    """The ids of the connections counted now that opened after the one with id
+    ``mark``, newest first (see :func:`newest`)."""
+    return itertools.takewhile(mark.__lt__, reversed(state.connections))
+
+
 def opened_since(state: State, mark: int) -> int:
     """How many of the connections counted now opened after the one with id ``mark``."""
-    return sum(1 for _ in itertools.takewhile(mark.__lt__, reversed(state.connections)))
+    return sum(1 for _ in ids_since(state, mark))
 
 
 def below_min(conn: Connection) -> bool:
@@ -210,7 +216,7 @@ class Regulator:
         state = self._state
         mark, self._stuck_mark = self._stuck_mark, newest(state)
         first = math.inf
-        for conn_id in itertools.takewhile(mark.__lt__, reversed(state.connections)):
+        for conn_id in ids_since(state, mark):
             conn = state.connections[conn_id]
             if conn.peer not in state.protected:
                 first = min(first, conn.opened_at)
