@@ -121,6 +121,36 @@ async def test_stretch_burst_streams_do_not_make_an_offender() -> None:
             assert phases(pruned) == {"offender"}
 
 
+async def test_a_stream_that_outlived_its_burst_can_serve_the_next_one() -> None:
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(5, 20), grace_period=0) as mgr,
+        mgr.enroll("dht", quota=cm.Quota(0, 2), scorer=value_of) as dht,
+        mgr.enroll("steady", quota=cm.Quota(0, 20), scorer=value_of) as steady,
+    ):
+        cheap = track(mgr, "cheap")
+        steady.track_stream(cheap).metadata["v"] = 0.1
+        conns = [track(mgr, f"dht-{i}") for i in range(5)]
+        async with dht.burst("first") as first:
+            streams = [dht.track_stream(conn, burst=first) for conn in conns]
+        assert all(s.burst is first and not s.closed for s in streams)
+        async with dht.burst("second") as second:
+            async with dht.burst("third") as third:
+                third.enlist(streams[0])  # moves from ``first``, which has closed
+                with pytest.raises(cm.ConfigError, match="already enlisted in burst"):
+                    second.enlist(streams[0])  # ``third`` is still open
+            for stream in streams:
+                second.enlist(stream)
+            assert all(s.burst is second for s in streams)
+            assert second.streams == set(streams)
+            assert not first.streams
+            # Usage 5 on a max of 2, all of it in the open burst: no offender.
+            pruned = await mgr.trim()
+            assert pruned == [cheap]
+            assert phases(pruned) == {"tally"}
+        stats = mgr.statistics().protocols["dht"]
+        assert (stats.bursts_opened, stats.bursts_lingering) == (3, 3)
+
+
 async def test_offender_after_stretch_ends() -> None:
     async with (
         cm.open_connection_manager(limits=cm.Limits(5, 20), grace_period=0) as mgr,

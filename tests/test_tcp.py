@@ -488,6 +488,34 @@ async def test_a_bad_peer_of_or_address_of_result_names_the_hook(
         assert mgr.statistics().connections_opened == 0
 
 
+@pytest.mark.parametrize("hook", ["peer_of", "address_of"])
+@pytest.mark.parametrize("error", [cm.ConnectionRefused, cm.ManagerClosed])
+async def test_a_hook_raising_an_admission_error_stops_the_server_like_any_other(
+    hook: str, error: type[Exception]
+) -> None:
+    def raising(stream: trio.SocketStream) -> str:
+        raise error("from the hook")
+
+    async def handler(stream: trio.SocketStream, conn: cm.Connection) -> None:
+        pass  # pragma: no cover
+
+    async with cm.open_connection_manager(limits=cm.Limits(1, 2)) as mgr:
+        # The hook's own error, not a refusal by admission: it is not swallowed.
+        error_ = pytest.RaisesExc(error, match="from the hook")
+        with pytest.RaisesGroup(error_, flatten_subgroups=True):
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(
+                    partial(serve_tcp, handler, 0, manager=mgr, **{hook: raising})
+                )
+                port = listeners[0].socket.getsockname()[1]
+                with trio.fail_after(10):
+                    async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+                        await wait_closed(client)
+                        await trio.sleep_forever()
+        assert mgr.statistics().refusals == {}
+        assert mgr.statistics().connections_opened == 0
+
+
 def reset_connection(port: int) -> None:
     """Connect to ``port`` and reset the connection at once (a blocking call).
 

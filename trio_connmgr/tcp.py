@@ -145,22 +145,24 @@ async def serve_tcp(
     listeners = await trio.open_tcp_listeners(port, host=host)
 
     async def serve_one(stream: trio.SocketStream) -> None:
+        remote = _remote(stream)
+        if remote is None:
+            logger.debug("inbound TCP connection reset before it was accepted: not served")
+            return
+        peer: Hashable
+        key, address = remote
+        # Outside the try below: whatever a hook raises (even ConnectionRefused)
+        # is the hook's error and stops the server, as documented.
+        if peer_of is None:
+            peer = key
+        else:
+            peer = peer_of(stream)
+            check_peer("serve_tcp peer_of(stream)", peer)
+        if address_of is not None:
+            address = address_of(stream)
+            check_address("serve_tcp address_of(stream)", address)
         admitted = False
         try:
-            remote = _remote(stream)
-            if remote is None:
-                logger.debug("inbound TCP connection reset before it was accepted: not served")
-                return
-            peer: Hashable
-            key, address = remote
-            if peer_of is None:
-                peer = key
-            else:
-                peer = peer_of(stream)
-                check_peer("serve_tcp peer_of(stream)", peer)
-            if address_of is not None:
-                address = address_of(stream)
-                check_address("serve_tcp address_of(stream)", address)
             # The task has just started: no schedule point before admission.
             async with _ConnectionContext(manager, peer, _INBOUND, address, False) as conn:
                 admitted = True

@@ -329,7 +329,11 @@ class BurstState:
         return self._member.name
 
     def enlist(self, stream: Stream) -> None:
-        """Enlist an open stream of the same protocol in this burst. Synchronous."""
+        """Enlist an open stream of the same protocol in this burst. Synchronous.
+
+        A stream is in one burst at a time: one still open after its burst has
+        closed moves to this one; one in another open burst is a ``ConfigError``.
+        """
         self._member._state.enlist(self, stream)
 
 
@@ -904,16 +908,20 @@ class State:
             raise ConfigError(f"burst #{burst.id} is not open yet: enter it with `async with`")
 
     def enlist(self, burst: BurstState, stream: Stream) -> None:
-        """Enlist ``stream`` in ``burst`` (same protocol, both open)."""
+        """Enlist ``stream`` in ``burst`` (same protocol, both open; a stream of a
+        burst that has closed moves to this one)."""
         if type(stream) is not Stream or stream._member._state is not self:
             raise ConfigError(f"expected a Stream of this manager, got {stream!r}")
         self._check_burst(burst, stream._member)
         if stream.closed:
             raise ResourceClosed(f"stream #{stream.id} is closed")
-        if stream.burst is not None and stream.burst is not burst:
-            raise ConfigError(
-                f"stream #{stream.id} is already enlisted in burst #{stream.burst.id}"
-            )
+        old = stream.burst
+        if old is not None and old is not burst:
+            if old.closed_at is None:
+                raise ConfigError(f"stream #{stream.id} is already enlisted in burst #{old.id}")
+            # Its burst has closed: it moves to the new one (a long-lived stream
+            # serving one burst after another).
+            old.streams.discard(stream)
         stream.burst = burst
         self._enlist(burst, stream)
 
