@@ -263,3 +263,24 @@ async def test_explain_rejects_foreign_connections() -> None:
             mgr.explain(foreign)
         with pytest.raises(cm.ConfigError):
             mgr.explain("p")  # type: ignore[arg-type]
+
+
+async def test_a_connection_its_scorer_closes_while_explained_is_reported_closed() -> None:
+    def closing(stream: cm.Stream) -> float:
+        stream.connection.release()  # a scorer that finds its connection dead
+        return 0.1
+
+    async with (
+        open_manager() as mgr,
+        mgr.enroll("p", quota=cm.Quota(0, 10), scorer=closing) as proto,
+    ):
+        conn = mgr.track("a", direction="inbound", close=noop_close)
+        mgr.track("b", direction="inbound", close=noop_close)
+        proto.track_stream(conn)
+        why = mgr.explain(conn)
+        assert conn.closed
+        assert why.excluded_by == "closed"
+        assert (why.prunable, why.would_prune) == (False, False)
+        assert why.tally is None
+        assert why.safe_because == ()
+        assert "is closed (released)" in why.text

@@ -746,6 +746,9 @@ class ConnectionManager:
                 blocked_by = tuple(
                     sorted(m.name for m in members if m.usage - taken.get(m, 0) <= m.grant.min)
                 ) or tuple(sorted(m.name for m in members))
+        if conn.closed and why != "closed":
+            # A scorer closed it while it was being scored: report what is now true.
+            why, safe, value, reason, min_blocked = "closed", [], None, None, False
         head = f"connection #{conn.id} ({conn.direction.value}, peer {conn.peer!r})"
         if why == "closed":
             text = f"{head} is closed ({conn.close_reason})"
