@@ -45,8 +45,8 @@ SORT_RUN = 8192
 BATCH_MIN = 8
 """Fewest victims taken in one batch; fewer are cheaper to take one by one."""
 TIE = 1e-9
-"""Tallies closer than this (relative to the round's largest, or absolute below
-1) are equal in phase 4: the same scores summed in another order may differ in
+"""Tallies at most this far apart (relative to the round's largest, or absolute
+below 1) are equal in phase 4: the same scores summed in another order may differ in
 their last bits, and the tie rule must not depend on that."""
 
 

@@ -1,0 +1,153 @@
+"""The round planner in detail (SPEC §8, §12): what a plan reports besides its
+victims, and the edges of exclusions, offender accounting, grant.min, ties and
+forced rounds."""
+
+from __future__ import annotations
+
+from test_planner import Core, check_plan, victim_ids
+
+import trio_connmgr as cm
+from trio_connmgr._core import _planner
+from trio_connmgr._core._planner import Phase, plan_round
+
+
+def test_offender_usage_counts_connections_that_cannot_be_pruned() -> None:
+    # Usage is every connection a protocol has a stream on: protected and
+    # locked ones make it an offender too, though only its prunable ones go.
+    core = Core(1, 20)
+    dht = core.member("dht", cm.Quota(0, 2))
+    other = core.member("other")
+    for _ in range(2):
+        core.stream(dht, core.conn(peer="friend"), score=0.0)
+    core.state.protect("friend", "tag")
+    core.lock(core.stream(dht, core.conn(), score=0.0))
+    prunable = core.conn()
+    core.stream(dht, prunable, score=0.9)
+    cheap = core.conn()
+    core.stream(other, cheap, score=0.1)
+    assert dht.usage == 4
+    plan = core.plan(target=1)
+    assert [(v.connection, v.reason.phase, v.reason.protocol) for v in plan.victims] == [
+        (prunable, Phase.OFFENDER, "dht")
+    ]
+    check_plan(core.state, plan, core.now, forced=False, burst_only={}, target=1)
+
+
+def test_grant_min_holds_for_a_protocol_whose_streams_all_score_zero() -> None:
+    core = Core(1, 20)
+    reserved = core.member("reserved", cm.Quota(1, 10))
+    other = core.member("other")
+    kept = core.conn()
+    core.stream(reserved, kept, score=0.0)
+    core.stream(reserved, kept, score=0.0)
+    dear = core.conn()
+    core.stream(other, dear, score=0.9)
+    plan = core.plan(target=1)
+    assert victim_ids(plan) == [dear.id]
+    assert plan.min_blocked == (kept,)
+    check_plan(core.state, plan, core.now, forced=False, burst_only={}, target=1)
+
+
+def test_grace_ends_is_the_earliest_end_of_a_grace_period_locked_or_not() -> None:
+    core = Core(1, 20, grace=30.0)
+    p = core.member("p")
+    # Locked connections in grace: the plan reports when the first one's ends
+    # (from then on it is revocable under pressure).
+    for at in (90.0, 85.0):
+        core.lock(core.stream(p, core.conn(at=at)))
+    # A locked one whose grace ends right now is out of its grace period.
+    core.lock(core.stream(p, core.conn(at=70.0)))
+    core.stream(p, core.conn(at=95.0))
+    assert core.plan().grace_ends == 115.0
+    # None left in grace: nothing to wait for.
+    core.now = 200.0
+    assert core.plan().grace_ends == float("inf")
+
+
+def test_tallies_exactly_tie_apart_are_tied_whatever_the_chunk_size() -> None:
+    core = Core(1, 10)
+    p = core.member("p")
+    older = core.conn(at=10.0)
+    core.stream(p, older, score=0.0)
+    newer = core.conn(at=20.0)
+    core.stream(p, newer, score=_planner.TIE)
+    # Within the tolerance (TIE, the largest tally being below 1): tied, and the
+    # tie rule takes the newer first although its tally is higher.
+    for chunk in (1, 2, _planner.CHUNK):
+        plan = core.plan(target=2, chunk=chunk)
+        assert victim_ids(plan) == [newer.id, older.id], chunk
+
+
+def test_a_connection_closed_while_the_round_plans_is_never_a_victim() -> None:
+    core = Core(1, 10)
+    p = core.member("p")
+    first = core.conn()
+    core.stream(p, first, score=0.9)
+    gone = core.conn()  # idle: the first victim otherwise
+    kept = core.conn()
+    core.stream(p, kept, score=0.5)
+    gen = plan_round(core.state, core.now, trigger="test", chunk=1)
+    next(gen)  # the first connection classified; the others not yet
+    gone.release()
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        plan = stop.value
+    assert gone.closed
+    assert victim_ids(plan) == [kept.id, first.id]
+    assert plan.candidates == 2
+
+
+def test_candidates_count_a_burst_only_connection_once() -> None:
+    core = Core(1, 20)
+    dht = core.member("dht")
+    burst = core.burst(dht)
+    leftover = core.conn()
+    core.stream(dht, leftover, score=0.9, burst=burst)
+    core.state.close_burst(burst)
+    core.conn()  # idle
+    core.stream(dht, core.conn(), score=0.1)
+    core.conn(peer="friend")
+    core.state.protect("friend", "tag")
+    plan = core.plan(target=1)
+    assert plan.victims[0].connection is leftover
+    assert plan.victims[0].reason.phase is Phase.BURST
+    assert plan.candidates == 3
+    assert plan.excluded == {"protected": 1}
+
+
+def offender_holding_a_reserved_protocol(core: Core) -> tuple[cm.Connection, cm.Connection]:
+    """An offending protocol on two connections; the cheaper one also holds the
+    only connection of a protocol with a grant.min of 1."""
+    offender = core.member("offender", cm.Quota(0, 1))
+    reserved = core.member("reserved", cm.Quota(1, 10))
+    both = core.conn()
+    core.stream(offender, both, score=0.1)
+    core.stream(reserved, both, score=0.1)
+    alone = core.conn()
+    core.stream(offender, alone, score=0.9)
+    return both, alone
+
+
+def test_a_forced_round_takes_a_candidate_blocked_in_two_phases_once() -> None:
+    # Blocked by the grant.min in the offender phase and again in the tally phase.
+    core = Core(1, 20)
+    both, alone = offender_holding_a_reserved_protocol(core)
+    plan = core.plan(target=2)
+    assert victim_ids(plan) == [alone.id]
+    assert plan.victims[0].reason.phase is Phase.OFFENDER
+    forced = core.plan(target=3, forced=True)
+    assert victim_ids(forced) == [alone.id, both.id]
+    assert [v.reason.forced for v in forced.victims] == [False, True]
+    assert forced.shortfall == 1
+    check_plan(core.state, forced, core.now, forced=True, burst_only={}, target=3)
+
+
+def test_min_blocked_leaves_out_what_a_forced_round_took() -> None:
+    core = Core(1, 20)
+    both, _ = offender_holding_a_reserved_protocol(core)
+    assert core.plan(target=2).min_blocked == (both,)
+    forced = core.plan(target=2, forced=True)
+    assert both in forced.connections
+    assert forced.min_blocked == ()
