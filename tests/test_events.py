@@ -458,10 +458,21 @@ async def test_closing_a_subscription_stops_receiving() -> None:
 @pytest.mark.parametrize("buffer", [0, -1, True, 1.5, "8"])
 async def test_bad_buffer_is_a_config_error(buffer: object) -> None:
     async with open_manager() as mgr:
-        with pytest.raises(cm.ConfigError, match="buffer"):
+        with pytest.raises(cm.ConfigError, match=f"subscribe buffer must be .*, got {buffer!r}"):
             async with mgr.subscribe(buffer=buffer):  # type: ignore[arg-type]
                 pass  # pragma: no cover
         assert mgr.statistics().subscribers == 0
+
+
+async def test_a_receivers_buffer_is_read_only() -> None:
+    # Its capacity is fixed when subscribing: the manager relies on it to be a
+    # positive integer every time it delivers an event.
+    async with open_manager() as mgr, mgr.subscribe(buffer=2) as events:
+        assert events.buffer == 2
+        with pytest.raises(AttributeError):
+            events.buffer = 0  # type: ignore[misc]
+        mgr.track("a", direction="inbound", close=noop_close).release()
+        assert events.pending == 2
 
 
 async def test_event_json_is_flat_and_plain() -> None:

@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, final
 
 import trio
 
+from ._config import check_count
 from ._core._events import Event, RoundCompleted
 from ._errors import ConfigError
 
@@ -40,18 +41,22 @@ class EventReceiver(trio.abc.ReceiveChannel[Event]):
     drained. ``async for event in receiver`` iterates until then.
 
     Attributes:
-        buffer: Capacity: the most events held before the oldest is dropped.
         dropped: Events this subscriber lost because its buffer was full.
     """
 
     def __init__(self, hub: EventHub, buffer: int) -> None:
         self._hub = hub
-        self.buffer = buffer
+        self._buffer = buffer
         self._queue: deque[Event] = deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
         self._ended = False
         self.dropped = 0
+
+    @property
+    def buffer(self) -> int:
+        """Capacity: the most events held before the oldest is dropped (read-only)."""
+        return self._buffer
 
     @property
     def pending(self) -> int:
@@ -60,7 +65,7 @@ class EventReceiver(trio.abc.ReceiveChannel[Event]):
 
     def _put(self, event: Event) -> None:
         queue = self._queue
-        if len(queue) >= self.buffer:
+        if len(queue) >= self._buffer:
             queue.popleft()
             self.dropped += 1
             self._hub.dropped += 1
@@ -183,9 +188,7 @@ class EventHub:
 
         After :meth:`close`, the new receiver is already at its end.
         """
-        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
-            raise ConfigError(f"subscribe buffer must be a positive integer, got {buffer!r}")
-        receiver = EventReceiver(self, buffer)
+        receiver = EventReceiver(self, check_count("subscribe buffer", buffer))
         if self._closed:
             receiver._end()
             return receiver
