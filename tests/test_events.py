@@ -185,7 +185,11 @@ async def test_lock_granted_released_and_dropped(autojump_clock: trio.testing.Mo
         now = trio.current_time()
         async with kad.lock(stream, ttl=5) as lock:
             assert drain(events) == [cm.LockGranted(now, "kad", lock.id, conn.id, now + 5)]
-        assert drain(events) == [cm.LockReleased(now, "kad", lock.id, conn.id, "released")]
+            await trio.sleep(2)
+            assert lock.extend(10) == now + 12
+            assert drain(events) == [cm.LockExtended(now + 2, "kad", lock.id, conn.id, now + 12)]
+        assert drain(events) == [cm.LockReleased(now + 2, "kad", lock.id, conn.id, "released")]
+        now = trio.current_time()
         stream = kad.track_stream(conn)
         async with kad.lock(stream, ttl=5) as lock:
             drain(events)
@@ -334,8 +338,8 @@ async def test_every_event_type_is_produced_by_its_action(
                 mgr.track("late", direction="inbound", close=noop_close)
             async with kad.lock(kad.track_stream(conns[0]), ttl=1) as expiring:
                 await expiring.wait_revoked()
-            async with kad.lock(kad.track_stream(conns[1]), ttl=9):
-                pass
+            async with kad.lock(kad.track_stream(conns[1]), ttl=9) as extended:
+                extended.extend(5)
             for i, conn in enumerate(conns):
                 if i != 2:
                     mgr.protect(conn.peer, "keep")

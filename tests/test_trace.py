@@ -45,8 +45,8 @@ async def scenario(
         async with kad.lock(held, ttl=100):
             async with gossip.lock(gossip.track_stream(ins[2]), ttl=5) as short:
                 await short.wait_revoked()
-            async with gossip.lock(gossip.track_stream(outs[1]), ttl=5):
-                pass
+            async with gossip.lock(gossip.track_stream(outs[1]), ttl=5) as extended:
+                extended.extend(8)
             closed = gossip.track_stream(outs[1])
             closed.close()
             with pytest.raises(cm.LockDenied):
@@ -129,6 +129,7 @@ async def test_a_trace_replays_to_the_live_statistics(
     check_replay(replayed, stats)
     assert replayed["version"] == TRACE_VERSION
     assert replayed["events"]["trace_started"] == 1
+    assert replayed["events"]["lock_extended"] == 1
 
     # The whole trace, closing included: nothing left open.
     final = cm.replay_trace(buffer.getvalue().splitlines())

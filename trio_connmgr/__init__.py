@@ -21,6 +21,7 @@ from ._core._events import GrantChanged as GrantChanged
 from ._core._events import LimitsChanged as LimitsChanged
 from ._core._events import LockDeniedEvent as LockDeniedEvent
 from ._core._events import LockExpired as LockExpired
+from ._core._events import LockExtended as LockExtended
 from ._core._events import LockGranted as LockGranted
 from ._core._events import LockReleased as LockReleased
 from ._core._events import LockRevoked as LockRevoked

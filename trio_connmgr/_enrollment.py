@@ -294,7 +294,11 @@ class Lock(LockState):
             manager._wake_if_above_high()
 
     def extend(self, ttl: float) -> float:
-        """Push the expiry to ``ttl`` seconds from now (capped); return the new expiry."""
+        """Push the expiry to ``ttl`` seconds from now (capped); return the new expiry.
+
+        Emits a :class:`LockExtended` event. Raises :class:`ResourceClosed` if
+        the lock is not held.
+        """
         ttl = check_positive_float("lock ttl", ttl)
         manager = self._manager()
         expires_at = manager._state.extend_lock(self, ttl)

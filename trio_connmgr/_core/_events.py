@@ -185,6 +185,26 @@ class LockGranted(Event):
 
 @final
 @attrs.frozen
+class LockExtended(Event):
+    """A held lock's expiry moved (``lock.extend(ttl)``).
+
+    Attributes:
+        protocol: The enrollment holding it.
+        lock_id: The lock's id.
+        connection_id: The connection it protects.
+        expires_at: Manager clock time its ttl now runs out (after the
+            ``max_lock_ttl`` cap).
+    """
+
+    kind: ClassVar[str] = "lock_extended"
+    protocol: str
+    lock_id: int
+    connection_id: int
+    expires_at: float
+
+
+@final
+@attrs.frozen
 class LockDeniedEvent(Event):
     """A lock was refused (the holder got :class:`LockDenied`).
 
@@ -340,6 +360,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RoundCompleted,
     GrantChanged,
     LockGranted,
+    LockExtended,
     LockDeniedEvent,
     LockRevoked,
     LockReleased,

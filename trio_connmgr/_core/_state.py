@@ -777,11 +777,18 @@ class State:
         if not lock.held:
             raise ResourceClosed(f"lock #{lock.id} is not held ({lock.status})")
         lock.ttl = ttl
-        lock.expires_at = self.clock() + min(ttl, self.max_lock_ttl)
+        now = self.clock()
+        lock.expires_at = now + min(ttl, self.max_lock_ttl)
         heapq.heappush(self._expiries, (lock.expires_at, lock.id, lock))
         # The entry for the old expiry stays behind: a lock extended at every
         # message would grow the heap by one entry per call for a whole ttl.
         self._compact_expiries()
+        if self.sink is not None:
+            self.sink(
+                ev.LockExtended(
+                    now, lock._member.name, lock.id, lock.stream.connection.id, lock.expires_at
+                )
+            )
         return lock.expires_at
 
     def _compact_expiries(self) -> None:
