@@ -135,8 +135,8 @@ async def test_address_refusals_emit_inbound_events() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"evict": "yes"}, r"Admission.evict must be a bool, got 'yes'"),
-        ({"evict": 1}, r"Admission.evict must be a bool, got 1"),
+        ({"evict": "yes"}, r"Admission.evict must be True or False, got 'yes'"),
+        ({"evict": 1}, r"Admission.evict must be True or False, got 1"),
         ({"ipv4_caps": {True: 1}}, r"Admission.ipv4_caps prefix .* got True"),
         ({"rate": 1.0, "rate_ipv4_prefix": True}, r"Admission.rate_ipv4_prefix .* got True"),
         ({"rate_ipv6_prefix": False}, r"Admission.rate_ipv6_prefix .* got False"),

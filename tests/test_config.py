@@ -113,6 +113,8 @@ async def test_manager_arguments_rejected(kwargs: dict[str, Any], field: str) ->
         (lambda: cm.Quota.share(0.1, math.nan), ("Quota.max", "nan")),
         (lambda: cm.Quota.share(0.0, math.inf), ("Quota.max", "inf")),
         (lambda: cm.Quota.share("0.1", 0.5), ("Quota.min", "'0.1'")),
+        (lambda: cm.Quota(0, 1, relative="no"), ("Quota.relative", "True or False", "'no'")),
+        (lambda: cm.Quota(0, 1, relative=1), ("Quota.relative", "True or False", "1")),
     ],
 )
 def test_quota_rejected(make: Callable[[], object], fragments: tuple[str, ...]) -> None:

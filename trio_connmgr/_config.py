@@ -37,6 +37,16 @@ def check_count(field: str, value: object, *, allow_zero: bool = False) -> int:
     return value
 
 
+def check_bool(field: str, value: object) -> bool:
+    """Return ``value`` if it is ``True`` or ``False``, else raise ConfigError.
+
+    For flags: ``bool("no")`` is true, so a flag is never converted.
+    """
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field} must be True or False, got {value!r}")
+    return value
+
+
 def check_not_async(field: str, value: object) -> None:
     """Raise ConfigError if ``value`` is an async function.
 
@@ -188,7 +198,7 @@ class Quota:
     relative: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if self.relative:
+        if check_bool("Quota.relative", self.relative):
             check_fraction("Quota.min", self.min)
             check_fraction("Quota.max", self.max)
         else:

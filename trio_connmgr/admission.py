@@ -40,7 +40,7 @@ import math
 from collections.abc import Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, final
 
-from ._config import Direction, check_count, check_positive_float
+from ._config import Direction, check_bool, check_count, check_positive_float
 from ._core._admission import (
     AdmissionPolicy,
     RateLimiter,
@@ -159,10 +159,8 @@ class Admission:
         elif burst is not None:
             check_count("Admission.burst", burst)
             raise ConfigError(f"Admission.burst needs a rate, got burst={burst!r} and rate=None")
-        if not isinstance(exempt_loopback, bool):
-            raise ConfigError(f"Admission.exempt_loopback must be a bool, got {exempt_loopback!r}")
-        if not isinstance(evict, bool):
-            raise ConfigError(f"Admission.evict must be a bool, got {evict!r}")
+        check_bool("Admission.exempt_loopback", exempt_loopback)
+        check_bool("Admission.evict", evict)
         self.ipv4_caps: dict[int, int] = dict(ipv4)
         self.ipv6_caps: dict[int, int] = dict(ipv6)
         self.rate = None if limiter is None else limiter.rate

@@ -25,7 +25,7 @@ from typing import final
 
 import attrs
 
-from .._config import exact_floor
+from .._config import check_bool, exact_floor
 from .._errors import ConfigError
 
 
@@ -73,8 +73,7 @@ class Reading:
             raise ConfigError(
                 f"Reading.ceiling must be a non-negative integer or None, got {ceiling!r}"
             )
-        if not isinstance(self.pressure, bool):
-            raise ConfigError(f"Reading.pressure must be a bool, got {self.pressure!r}")
+        check_bool("Reading.pressure", self.pressure)
 
 
 @final
