@@ -107,9 +107,7 @@ def assert_pruned(
                   #4 peer='peer-4' inbound [/chat]: open (prunable)
                   #5 peer='peer-5' inbound: pruned by phase idle #1, tally 0.000, ...
     """
-    conns = _as_list(conns)
-    if not conns:
-        raise AssertionError("assert_pruned() was given no connections: nothing was checked")
+    conns = _as_list(conns, "assert_pruned")
     want: dict[str, object] = {}
     if phase is not None:
         phase = _phase(phase)
@@ -153,9 +151,10 @@ def assert_not_pruned(conns: Connection | Iterable[Connection]) -> None:
     """Assert that no round pruned any of these connections (they may have closed).
 
     Raises:
-        AssertionError: naming each pruned connection and its :class:`PruneReason`.
+        AssertionError: if ``conns`` is empty (nothing would be checked), or
+            naming each pruned connection and its :class:`PruneReason`.
     """
-    conns = _as_list(conns)
+    conns = _as_list(conns, "assert_not_pruned")
     wrong = [describe(conn) for conn in conns if conn.prune_reason is not None]
     if wrong:
         raise AssertionError(
@@ -169,9 +168,10 @@ def assert_open(conns: Connection | Iterable[Connection]) -> None:
     """Assert that every connection is still counted by its manager.
 
     Raises:
-        AssertionError: naming each closed connection and why it closed.
+        AssertionError: if ``conns`` is empty (nothing would be checked), or
+            naming each closed connection and why it closed.
     """
-    conns = _as_list(conns)
+    conns = _as_list(conns, "assert_open")
     wrong = [describe(conn) for conn in conns if conn.closed]
     if wrong:
         raise AssertionError(
@@ -180,9 +180,14 @@ def assert_open(conns: Connection | Iterable[Connection]) -> None:
         )
 
 
-def _as_list(conns: Connection | Iterable[Connection]) -> list[Connection]:
+def _as_list(conns: Connection | Iterable[Connection], caller: str) -> list[Connection]:
+    """``conns`` as a list; an assertion about no connection checks nothing, most
+    often by mistake (a filter that matched nothing), so none is an error."""
     from .._core._state import Connection
 
     if isinstance(conns, Connection):
         return [conns]
-    return list(conns)
+    conns = list(conns)
+    if not conns:
+        raise AssertionError(f"{caller}() was given no connections: nothing was checked")
+    return conns

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, final
 
 import trio
 
-from .._config import Direction
+from .._config import Direction, check_count
 from .._errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,8 +42,8 @@ class PeerIds:
         return f"{self.prefix}-{next(self._numbers)}"
 
     def take(self, n: int) -> list[str]:
-        """Return the next ``n`` peer ids."""
-        return [self() for _ in range(n)]
+        """Return the next ``n`` peer ids (``ConfigError`` unless ``n`` is an int >= 0)."""
+        return [self() for _ in range(check_count("PeerIds.take n", n, allow_zero=True))]
 
 
 # Default peer ids of open_fake_connection count per manager, so they do not
@@ -214,8 +214,11 @@ class FakeConnections:
         direction: Direction | str = "inbound",
         address: str | None = None,
     ) -> list[Connection]:
-        """Open ``n`` connections with default peer ids, one after the other."""
-        peers = _fresh_peers(manager, self.peers, n)
+        """Open ``n`` connections with default peer ids, one after the other.
+
+        Raises :class:`ConfigError` unless ``n`` is an int >= 0.
+        """
+        peers = _fresh_peers(manager, self.peers, check_count("open_many n", n, allow_zero=True))
         return [await self.open(manager, p, direction=direction, address=address) for p in peers]
 
     def track(
