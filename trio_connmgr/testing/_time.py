@@ -11,6 +11,7 @@ import attrs
 import trio
 import trio.testing
 
+from .._config import check_period
 from .._core._events import (
     ConnectionClosed,
     ConnectionOpened,
@@ -68,9 +69,11 @@ async def advance(seconds: float) -> None:
 
     Each task woken at ``now + seconds`` has run when it returns. ``seconds``
     may be 0 (then it only settles). Always checkpoints.
+
+    Raises:
+        ConfigError: ``seconds`` is not a finite, non-negative number.
     """
-    if not 0 <= seconds < math.inf:
-        raise ValueError(f"advance seconds must be a finite number >= 0, got {seconds!r}")
+    seconds = check_period("advance seconds", seconds)
     clock = _manual_clock()
     if clock is None:
         await trio.sleep(seconds)
