@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import textwrap
 from typing import Any
 
@@ -15,6 +16,7 @@ from trio_connmgr._core._events import RoundCompleted
 from trio_connmgr.testing import (
     FakeSensors,
     MetadataScorer,
+    RaisingScorer,
     RoundResult,
     advance,
     assert_not_pruned,
@@ -729,3 +731,24 @@ def test_stateful_admission_and_triggers_of_a_marker_serve_one_test(
     result = pytester.runpytest()
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*was already used by an earlier test's manager*"])
+
+
+def test_a_raising_scorer_needs_a_positive_every() -> None:
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(cm.ConfigError, match=f"RaisingScorer.every .*, got {bad!r}"):
+            RaisingScorer(every=bad)  # type: ignore[arg-type]
+    scorer = RaisingScorer(every=2)
+    assert scorer(None) == 0.5  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="scorer failure"):
+        scorer(None)  # type: ignore[arg-type]
+
+
+async def test_track_refuses_a_close_delay_that_is_no_period() -> None:
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(2, 4)) as mgr,
+        open_fake_connections() as fakes,
+    ):
+        for bad in (-1, math.inf, math.nan, "1"):
+            with pytest.raises(cm.ConfigError, match="track close_delay"):
+                fakes.track(mgr, close_delay=bad)  # type: ignore[arg-type]
+        assert mgr.connections == ()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, final
 
 import trio
 
-from .._config import Direction, check_count
+from .._config import Direction, check_count, check_period
 from .._errors import ConfigError
 
 if TYPE_CHECKING:
@@ -236,7 +236,10 @@ class FakeConnections:
         the manager clock) and is counted: :meth:`close_calls` tells how many
         times the manager awaited it (SPEC invariant 7: exactly once when pruned,
         never after ``conn.release()``). ``peer`` defaults as for :meth:`open`.
+        A ``close_delay`` that is not a finite, non-negative number of seconds
+        is a :class:`ConfigError`.
         """
+        close_delay = check_period("track close_delay", close_delay)
         if peer is None:
             peer = _fresh_peers(manager, self.peers, 1)[0]
         held = _Held(tracked=True)

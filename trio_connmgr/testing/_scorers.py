@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, final
 
 import attrs
 
+from .._config import check_count
+
 if TYPE_CHECKING:
     from .._core._state import Stream
 
@@ -81,12 +83,18 @@ class GarbageScorer(TestScorer):
 @final
 @attrs.frozen
 class RaisingScorer(TestScorer):
-    """Raises ``RuntimeError(message)`` on every ``every``-th call (1: always)."""
+    """Raises ``RuntimeError(message)`` on every ``every``-th call (1: always).
+
+    ``every`` must be a positive integer (else :class:`~trio_connmgr.ConfigError`).
+    """
 
     well_behaved: ClassVar[bool] = False
     message: str = "scorer failure"
     every: int = 1
     _calls: list[int] = attrs.field(factory=lambda: [0], eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        check_count("RaisingScorer.every", self.every)
 
     def __call__(self, stream: Stream) -> float:
         """Raise, or return 0.5 between failures."""
