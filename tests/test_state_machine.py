@@ -343,8 +343,8 @@ class CoreMachine(RuleBasedStateMachine):
             expected = cm.ConfigError
         elif burst in self.closed_at or stream not in self.open_streams:
             expected = cm.ResourceClosed
-        elif current is not None and current is not burst:
-            expected = cm.ConfigError
+        elif current is not None and current is not burst and current not in self.closed_at:
+            expected = cm.ConfigError  # in another burst, still open
         if expected is not None:
             with pytest.raises(expected):
                 burst.enlist(stream)
@@ -353,6 +353,10 @@ class CoreMachine(RuleBasedStateMachine):
         self.open_streams[stream] = burst
         self.conn_bursts.setdefault(stream.connection, set()).add(burst)
         assert stream.burst is burst
+        assert stream in burst.streams
+        if current is not None and current is not burst:
+            # Moved from a burst that has closed: no longer one of its streams.
+            assert stream not in current.streams
 
     @rule(
         target=conns,
@@ -569,8 +573,10 @@ class CoreMachine(RuleBasedStateMachine):
             mine = {s for s in self.open_streams if s._member is member}
             assert member.streams == mine
             assert member.usage == len({s.connection for s in mine})
-        for stream in self.open_streams:
+        for stream, enlisted in self.open_streams.items():
             assert not stream.closed
+            assert stream.burst is enlisted
+            assert enlisted is None or stream in enlisted.streams
             assert stream.connection in self.open_conns
             assert self.active.get(stream.protocol) is stream._member
         for conn in self.open_conns:

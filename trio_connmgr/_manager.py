@@ -953,7 +953,11 @@ async def open_connection_manager(
     except BaseException as exc:
         fatal = manager._fatal if manager is not None else None
         if fatal is None:
-            raise
+            if body_error is None or not isinstance(exc, BaseExceptionGroup):
+                raise
+            # The body raised, then the cleanup did too (a close() or a callback
+            # raising what it must not catch): both, as a nursery reports them.
+            raise BaseExceptionGroup(exc.message, [*exc.exceptions, body_error]) from None
         if isinstance(exc, trio.Cancelled) or (
             isinstance(exc, BaseExceptionGroup) and exc.split(trio.Cancelled)[1] is None
         ):
