@@ -143,6 +143,8 @@ def test_quota_accepted() -> None:
         ({"weight": "1"}, ("enroll weight", "'1'")),
         ({"scorer": 0.5}, ("enroll scorer", "0.5")),
         ({"on_grant": "print"}, ("enroll on_grant", "'print'")),
+        ({"strict": "no"}, ("enroll strict", "True or False", "'no'")),
+        ({"strict": 1}, ("enroll strict", "True or False", "1")),
     ],
 )
 async def test_enroll_arguments_rejected(

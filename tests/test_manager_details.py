@@ -198,6 +198,12 @@ async def test_protection_and_dial_reports_check_their_arguments() -> None:
             mgr.report_dial([1], ok=True)  # type: ignore[arg-type]
         with pytest.raises(cm.ConfigError, match="report_dial peer"):
             mgr.report_dial(None, ok=False)
+        with pytest.raises(cm.ConfigError, match="report_dial ok must be True or False, got 'no'"):
+            mgr.report_dial("p", ok="no")  # type: ignore[arg-type]
+        mgr.track("p", direction="inbound", close=trio.lowlevel.checkpoint)
+        with pytest.raises(cm.ConfigError, match="trim force must be True or False, got 'no'"):
+            await mgr.trim(force="no")  # type: ignore[arg-type]
+        assert mgr.statistics().rounds.count == 0
 
 
 @pytest.mark.parametrize("value", [0, -1.0])

@@ -23,6 +23,7 @@ from ._config import (
     Limits,
     Quota,
     check_address,
+    check_bool,
     check_count,
     check_not_async,
     check_peer,
@@ -529,8 +530,8 @@ class ConnectionManager:
 
         Raises:
             ConfigError: empty or duplicate ``name``, bad ``quota``, ``weight`` or
-                ``scorer``, or an ``async`` scorer or ``on_grant`` (both are called,
-                not awaited).
+                ``scorer``, a ``strict`` that is not ``True`` or ``False``, or an
+                ``async`` scorer or ``on_grant`` (both are called, not awaited).
             QuotaDenied: ``strict=True`` and the min cannot be granted in full:
                 it is above ``G``, or more than the other strict enrollments'
                 mins leave. A strict enrollment's min is reserved before the
@@ -551,11 +552,12 @@ class ConnectionManager:
             raise ConfigError(f"enroll on_grant must be callable, got {on_grant!r}")
         check_not_async("enroll scorer", scorer)
         check_not_async("enroll on_grant", on_grant)
+        check_bool("enroll strict", strict)
         await trio.lowlevel.checkpoint()
         self._check_open()
         state = self._state
         enrollment = Enrollment(
-            name, quota, scorer, weight, bool(strict), state, manager=self, on_grant=on_grant
+            name, quota, scorer, weight, strict, state, manager=self, on_grant=on_grant
         )
         try:
             state.enrol(enrollment)
@@ -630,15 +632,16 @@ class ConnectionManager:
     def report_dial(self, peer: Hashable, *, ok: bool, latency: float | None = None) -> None:
         """Report a dial's outcome (adapters call it); feeds triggers and sensing."""
         check_peer("report_dial peer", peer)
+        check_bool("report_dial ok", ok)
         if latency is not None:
             latency = check_period("report_dial latency", latency)
         now = trio.current_time()
         for trigger in self._regulator.dial_hooks:
-            if trigger.dial_reported(bool(ok), latency, now):
+            if trigger.dial_reported(ok, latency, now):
                 # (Before any later hook may raise: the wake-up stands.)
                 self._regulator.fired(trigger)
         if self._sensing is not None:
-            self._sensing.dial_reported(bool(ok), latency, now)
+            self._sensing.dial_reported(ok, latency, now)
 
     async def trim(self, *, force: bool = False) -> list[Connection]:
         """Run one regulation round now; return the connections it pruned.
@@ -656,9 +659,10 @@ class ConnectionManager:
         which must all be recorded) and returns; the cancellation then reaches
         the caller at its next checkpoint.
         """
+        check_bool("trim force", force)
         await trio.lowlevel.checkpoint()
         self._check_open()
-        return await self._regulator.run_round("force" if force else "trim", forced=bool(force))
+        return await self._regulator.run_round("force" if force else "trim", forced=force)
 
     # --------------------------------------------------------- observability
 
