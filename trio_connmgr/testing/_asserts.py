@@ -83,6 +83,10 @@ def assert_pruned(
 ) -> None:
     """Assert that every connection was pruned by a round, for the given reason.
 
+    A connection that admission evicted at ``hard`` to make room for a trusted
+    newcomer was chosen the same way and counts as pruned too (its trigger is
+    ``"admission"``): pass ``trigger=`` to tell them apart.
+
     Args:
         conns: A connection or several.
         phase: The :class:`Phase` (or its value, ``"burst"``, ``"idle"``,
