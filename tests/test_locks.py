@@ -484,11 +484,18 @@ async def test_release_is_synchronous_and_wakes_the_regulator(
         assert trio.current_time() == pytest.approx(20.0)
 
 
+class CallbackBug(Exception):
+    """An error of a callback's own: not a RuntimeError."""
+
+
+@pytest.mark.parametrize("error", [RuntimeError, CallbackBug])
 async def test_raising_on_revoke_is_logged_and_harmless(
-    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    error: type[Exception],
 ) -> None:
     def broken(lock: cm.Lock) -> None:
-        raise RuntimeError("callback bug")
+        raise error("callback bug")
 
     with caplog.at_level(logging.ERROR, logger="trio_connmgr"):
         async with (
@@ -503,7 +510,10 @@ async def test_raising_on_revoke_is_logged_and_harmless(
             async with p.lock(stream, ttl=1) as again:
                 await trio.sleep(2)
                 assert again.status == "expired"
-    assert any("on_revoke" in r.getMessage() for r in caplog.records)
+    logged = [r for r in caplog.records if "on_revoke" in r.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+    assert logged[0].exc_info[0] is error
 
 
 async def test_lock_dropped_when_its_connection_closes() -> None:
