@@ -243,6 +243,21 @@ async def test_one_sensing_opened_by_two_managers_at_once(autojump_clock: Any) -
         assert mgr._sensing is sensing
 
 
+async def test_a_closed_managers_dial_reports_reach_no_sensing(autojump_clock: Any) -> None:
+    fake = FakeSensor()
+    sensing = Sensing([fake], interval=INTERVAL)
+    async with manager(sensing) as first:
+        first.report_dial("a", ok=True)
+    assert [ok for ok, _, _ in fake.dials] == [True]
+    # The same sensing now drives another manager: a late report of the first
+    # (a dial that failed after it closed) must not count there, nor anywhere.
+    async with manager(sensing) as second:
+        first.report_dial("b", ok=False, latency=1.0)
+        assert [ok for ok, _, _ in fake.dials] == [True]
+        second.report_dial("c", ok=False)
+        assert [ok for ok, _, _ in fake.dials] == [True, False]
+
+
 async def test_sensing_config_errors_at_open() -> None:
     sensing = Sensing([FakeSensor()], floor=101)
     with pytest.raises(cm.ConfigError, match=r"Sensing.floor must be <= Limits.high"):

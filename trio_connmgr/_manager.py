@@ -630,11 +630,17 @@ class ConnectionManager:
     # ------------------------------------------------------------ regulation
 
     def report_dial(self, peer: Hashable, *, ok: bool, latency: float | None = None) -> None:
-        """Report a dial's outcome (adapters call it); feeds triggers and sensing."""
+        """Report a dial's outcome (adapters call it); feeds triggers and sensing.
+
+        Once the manager has closed, a report (a dial that ended after it) is
+        ignored: its sensing may drive another manager by then.
+        """
         check_peer("report_dial peer", peer)
         check_bool("report_dial ok", ok)
         if latency is not None:
             latency = check_period("report_dial latency", latency)
+        if self._state.closed:
+            return
         now = trio.current_time()
         for trigger in self._regulator.dial_hooks:
             if trigger.dial_reported(ok, latency, now):
