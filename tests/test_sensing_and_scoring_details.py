@@ -313,6 +313,7 @@ async def test_loop_lag_forgets_lags_recorded_before_its_task_started(
         (lambda: Memory(reserve=0.5), "Memory.reserve"),  # type: ignore[arg-type]
         (lambda: LoopLag(threshold=0.0), "LoopLag.threshold"),
         (lambda: FakeSensor(""), "FakeSensor name"),
+        (lambda: FakeSensor(script=Reading(ceiling=5)), "FakeSensor script .*Reading"),  # type: ignore[arg-type]
     ],
 )
 def test_sensor_arguments_are_checked(make: Any, field: str, psutil: FakePsutil) -> None:

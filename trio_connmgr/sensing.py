@@ -512,7 +512,8 @@ class FakeSensor(Sensor):
             that is not a :class:`Reading` plays a broken sensor).
 
     Raises:
-        ConfigError: A bad name, ceiling, pressure or value.
+        ConfigError: A bad name, ceiling, pressure or value, or a ``script``
+            that is not iterable (one :class:`Reading` rather than a list).
     """
 
     def __init__(
@@ -534,7 +535,12 @@ class FakeSensor(Sensor):
         self.ceiling = ceiling
         self.pressure = pressure
         self.values: Mapping[str, float] = dict(values or {})
-        self.script: deque[Reading] = deque(script or ())
+        try:
+            self.script: deque[Reading] = deque(() if script is None else script)
+        except TypeError:
+            raise ConfigError(
+                f"FakeSensor script must be an iterable of Readings, got {script!r}"
+            ) from None
         self.samples: list[float] = []
         self.dials: list[tuple[bool, float | None, float]] = []
         self.error: Exception | None = None
