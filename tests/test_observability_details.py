@@ -324,6 +324,17 @@ async def test_a_request_head_of_exactly_the_limit_is_answered() -> None:
             assert answer.split(b" ")[1] == code
 
 
+async def test_a_head_request_over_the_limit_gets_its_431_without_a_body() -> None:
+    pad = b"X: " + b"y" * (MAX_REQUEST_BYTES + 100) + b"\r\n"
+    async with served_manager() as port:
+        for method, body in [(b"GET", b"too large\n"), (b"HEAD", b"")]:
+            answer = await raw_request(port, method + b" /metrics HTTP/1.1\r\n" + pad + b"\r\n")
+            status, headers, got = split_response(answer)
+            assert status.split(" ")[1] == "431"
+            assert got == body
+            assert headers["content-length"] == "10"
+
+
 async def test_a_client_that_resets_its_connection_does_not_stop_the_server() -> None:
     async with served_manager() as port:
         stream = await trio.open_tcp_stream("127.0.0.1", port)

@@ -409,9 +409,11 @@ async def _handle(stream: trio.abc.Stream, registry: CollectorRegistry, path: st
                     return
                 buffer += data
             head = buffer.split(b"\r\n\r\n", 1)[0]
+            # An answer to HEAD has no body, whatever its status.
+            is_head = buffer.startswith(b"HEAD ")
             # The read that ends a head may also take it over the limit.
             if len(head) > MAX_REQUEST_BYTES:
-                response = _text("431 Request Header Fields Too Large", "too large", False)
+                response = _text("431 Request Header Fields Too Large", "too large", is_head)
                 await stream.send_all(response)
                 return
             try:
@@ -419,7 +421,7 @@ async def _handle(stream: trio.abc.Stream, registry: CollectorRegistry, path: st
             except Exception:
                 # One odd request must never take the server (and its nursery) down.
                 logger.exception("answering a metrics request failed")
-                response = _text("500 Internal Server Error", "internal error", False)
+                response = _text("500 Internal Server Error", "internal error", is_head)
             await stream.send_all(response)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away
