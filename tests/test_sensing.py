@@ -424,6 +424,26 @@ def test_async_sample_or_dial_reported_is_a_config_error(sensor: Sensor, method:
         Sensing([FakeSensor(), sensor])
 
 
+class PlainRun(Sensor):
+    """A user sensor whose background ``run`` was written without ``async``."""
+
+    name = "plain-run"
+
+    def sample(self, now: float) -> Reading:
+        return Reading()
+
+    def run(  # type: ignore[override]
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+
+
+def test_a_run_that_is_not_async_is_a_config_error() -> None:
+    message = r"'plain-run': PlainRun\.run\(\) must be an async function"
+    with pytest.raises(cm.ConfigError, match=message):
+        Sensing([FakeSensor(), PlainRun()])
+
+
 async def test_sensor_errors_are_counted_and_logged_per_manager(
     autojump_clock: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

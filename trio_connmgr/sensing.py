@@ -25,6 +25,7 @@ by subclassing :class:`Sensor`; use :class:`FakeSensor` in tests.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -637,6 +638,12 @@ class Sensing:
                 check_not_async(
                     f"Sensing sensor {name!r}: {type(sensor).__name__}.{method}()",
                     getattr(sensor, method),
+                )
+            if _overrides(sensor, "run") and not inspect.iscoroutinefunction(sensor.run):
+                # It is awaited in a task: a plain function would only fail there.
+                raise ConfigError(
+                    f"Sensing sensor {name!r}: {type(sensor).__name__}.run() must be an "
+                    f"async function (it runs as a task), got {sensor.run!r}"
                 )
         self.sensors: tuple[Sensor, ...] = tuple(sensors)
         self.interval = check_positive_float("Sensing.interval", interval)
