@@ -525,6 +525,8 @@ async def attach(host: IHost, manager: ConnectionManager) -> AsyncIterator[Attac
 
     pruner: Any = getattr(swarm, "connection_pruner", None)
     connector: Any = getattr(swarm, "auto_connector", None)
+    # A dial_peer already set on the swarm object (someone else's wrapper) is put back.
+    previous_dial_peer = swarm.__dict__.get("dial_peer")
     pruner_was_started = bool(getattr(pruner, "_started", False))
     connector_was_started = bool(getattr(connector, "_started", False))
 
@@ -558,7 +560,10 @@ async def attach(host: IHost, manager: ConnectionManager) -> AsyncIterator[Attac
             attachment.closed = True
             nursery.cancel_scope.cancel()
             if swarm.__dict__.get("dial_peer") == attachment._dial_peer:
-                del swarm.dial_peer
+                if previous_dial_peer is None:
+                    del swarm.dial_peer
+                else:
+                    swarm.dial_peer = previous_dial_peer
             swarm.remove_notifee(notifee)
             for tracked in list(attachment._conns.values()):
                 tracked.release()
