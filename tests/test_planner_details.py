@@ -4,11 +4,14 @@ forced rounds."""
 
 from __future__ import annotations
 
-from test_planner import Core, check_plan, victim_ids
+from collections.abc import Generator
+
+import pytest
+from test_planner import Core, check_plan, metadata_scorer, victim_ids
 
 import trio_connmgr as cm
 from trio_connmgr._core import _planner
-from trio_connmgr._core._planner import Phase, plan_round
+from trio_connmgr._core._planner import Phase, Plan, plan_round
 
 
 def test_offender_usage_counts_connections_that_cannot_be_pruned() -> None:
@@ -95,7 +98,9 @@ def test_a_connection_closed_while_the_round_plans_is_never_a_victim() -> None:
     except StopIteration as stop:
         plan = stop.value
     assert gone.closed
-    assert victim_ids(plan) == [kept.id, first.id]
+    # Two connections are left, one above low: one victim.
+    assert victim_ids(plan) == [kept.id]
+    assert plan.target == 1
     assert plan.candidates == 2
 
 
@@ -151,3 +156,107 @@ def test_min_blocked_leaves_out_what_a_forced_round_took() -> None:
     forced = core.plan(target=2, forced=True)
     assert both in forced.connections
     assert forced.min_blocked == ()
+
+
+def finish(gen: Generator[None, None, Plan]) -> Plan:
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        plan: Plan = stop.value
+        return plan
+
+
+def test_a_connection_a_scorer_releases_after_it_was_classified_is_never_a_victim() -> None:
+    core = Core(1, 10)
+    reserved = core.member("reserved", cm.Quota(1, 10))
+    other = core.member("other")
+    gone = core.conn()
+    core.stream(reserved, gone, score=0.0)  # the first victim otherwise
+    cheap = core.conn()
+    core.stream(reserved, cheap, score=0.1)
+    dear = core.conn()
+    core.stream(reserved, dear, score=0.9)
+    last = core.conn()
+    core.stream(other, last, score=0.5).metadata["release"] = gone
+
+    def scorer(stream: cm.Stream) -> float:
+        if "release" in stream.metadata:
+            stream.metadata["release"].release()
+        return metadata_scorer(stream)
+
+    other.scorer = scorer
+    plan = core.plan()
+    assert gone.closed
+    # Three connections are left, two above low.
+    assert victim_ids(plan) == [cheap.id, last.id]
+    assert plan.target == 2
+    assert plan.candidates == 3
+    check_plan(core.state, plan, core.now, forced=False, burst_only={})
+
+
+def test_a_held_connection_closed_while_victims_are_chosen_leaves_its_protocols_usage() -> None:
+    core = Core(1, 10)
+    reserved = core.member("reserved", cm.Quota(1, 10))
+    other = core.member("other")
+    held = core.conn()
+    core.lock(core.stream(reserved, held))
+    first = core.conn()
+    core.stream(other, first, score=0.05)
+    second = core.conn()
+    core.stream(reserved, second, score=0.1)
+    third = core.conn()
+    core.stream(other, third, score=0.9)
+    gen = plan_round(core.state, core.now, trigger="test", chunk=1)
+    for _ in range(4):  # classified all four; chosen the first victim
+        next(gen)
+    held.release()
+    plan = finish(gen)
+    # "reserved" is left on one connection: its grant.min keeps it.
+    assert victim_ids(plan) == [first.id, third.id]
+    assert plan.min_blocked == (second,)
+    assert plan.target == 2
+    assert plan.excluded == {}
+    check_plan(core.state, plan, core.now, forced=False, burst_only={})
+
+
+@pytest.mark.parametrize("closing", range(6))
+def test_whenever_a_connection_closes_while_the_round_plans_the_plan_fits_what_is_left(
+    closing: int,
+) -> None:
+    # Closing each connection in turn, at each step of the round: the plan never
+    # holds a connection closed before it was chosen, and its target, candidates
+    # and exclusions are those of the connections left.
+    for step in range(12):
+        core = Core(1, 10)
+        reserved = core.member("reserved", cm.Quota(1, 10))
+        other = core.member("other")
+        conns = [core.conn() for _ in range(6)]
+        core.lock(core.stream(reserved, conns[0]))
+        for i, conn in enumerate(conns[1:4]):
+            core.stream(reserved, conn, score=0.1 * (i + 1))
+        core.stream(other, conns[4], score=0.05)
+        # conns[5] is idle.
+        gen = plan_round(core.state, core.now, trigger="test", chunk=1)
+        taken_before: list[cm.Connection] = []
+        try:
+            for _ in range(step):
+                next(gen)
+        except StopIteration as stop:
+            plan: Plan = stop.value
+        else:
+            frame = gen.gi_frame
+            assert frame is not None
+            taken_before = list(frame.f_locals.get("victims", ()))
+            conns[closing].release()
+            plan = finish(gen)
+        left = [conn for conn in conns if not conn.closed]
+        assert all(not v.closed or v in taken_before for v in plan.connections), step
+        if conns[closing] in taken_before:
+            continue
+        assert plan.target == len(left) - 1, step
+        assert all(not c.closed for c in plan.min_blocked), step
+        assert plan.excluded == ({"locked": 1} if not conns[0].closed else {}), step
+        prunable = len(left) - (0 if conns[0].closed else 1)
+        assert plan.candidates == prunable, step
+        check_plan(core.state, plan, core.now, forced=False, burst_only={})

@@ -18,6 +18,11 @@ Order of victims (target: ``count - low``):
 Never victims: connections in their grace period, of protected peers, or with a
 held lock. A candidate whose removal would take any protocol using it below its
 ``grant.min`` is skipped, unless nothing else is left and the round is forced.
+
+A connection that closes while a round is planned (a scorer released it, or a
+task closed it while the round yielded) is no victim from then on, its streams
+count for no protocol, and the target is the count above ``low`` without it. (A
+victim already chosen stays in the plan: whoever applies it skips it.)
 """
 
 from __future__ import annotations
@@ -116,7 +121,8 @@ class Plan:
     Attributes:
         connections: The victims, in order.
         reasons: Their :class:`PruneReason`, in the same order.
-        target: How many victims the round wanted (``count - low``).
+        target: How many victims the round wanted (``count - low``, without the
+            connections that closed while it was planned).
         candidates: How many connections were prunable at all.
         excluded: Connections never prunable now (grace, protected, locked), by reason.
         min_blocked: Candidates skipped to keep a protocol at its ``grant.min``.
@@ -275,6 +281,7 @@ def plan_round(
     """
     conns = list(state.connections.values())
     n = len(conns)
+    whole = target is None  # the target is the count above low (not the caller's)
     if target is None:
         target = n - state.low
     if target <= 0:
@@ -302,6 +309,14 @@ def plan_round(
     protected = state.protected
     grace = state.grace_period
     grace_ends = math.inf
+    # 0 once taken, or once seen closed (a scorer may release a connection, a
+    # task may close one while the round yields; ``state.connections_closed``
+    # tells when to look).
+    free = bytearray(b"\x01") * n
+    closes = state.connections_closed
+    held: dict[int, str] = {}  # the excluded connections, with why
+    both = 0  # candidates both in ``burst_first`` and in ``busy``
+    dropped = 0  # candidates seen closed after they were classified
 
     for start in range(0, n, chunk):
         if start:
@@ -314,6 +329,9 @@ def plan_round(
             for i in range(start, min(start + chunk, n)):
                 conn = conns[i]
                 if conn.closed:
+                    free[i] = 0
+                    if whole:
+                        target -= 1
                     continue
                 streams = conn.streams
                 why = None
@@ -329,11 +347,13 @@ def plan_round(
                     grace_ends = min(grace_ends, conn.opened_at + grace)
                 if why is not None:
                     excluded[why] = excluded.get(why, 0) + 1
-                    seen: set[EnrollmentState] = set()
-                    for stream in streams:
-                        if _plain(stream) and stream._member not in seen:
-                            seen.add(stream._member)
-                            plain_usage[stream._member] = plain_usage.get(stream._member, 0) + 1
+                    held[i] = why
+                    # Its protocols' usage counts it (offenders, grant.min), and
+                    # counts it no more if it closes while the round is planned.
+                    member_shape[i] = shape_ids[tuple(conn._protocols)]
+                    sid = shape_ids[tuple({s._member: None for s in streams if _plain(s)})]
+                    plain_shape[i] = sid
+                    shape_counts[sid] += 1
                     continue
                 burst = _burst_key(state, conn, now) if conn._bursts else None
                 if not streams:
@@ -384,6 +404,7 @@ def plan_round(
                     if burst is not None and all(s.burst is not None for s in streams):
                         bursts[i] = burst
                         burst_first.append(i)
+                        both += 1
                     sid = shape_ids[tuple({s._member: None for s in streams if _plain(s)})]
                 plain_shape[i] = sid
                 shape_counts[sid] += 1
@@ -391,6 +412,39 @@ def plan_round(
         finally:
             state.round_now = outer_now
 
+    # Usage by protocol, from the end of classification on (read from the
+    # protocols then, as scorers may have closed streams).
+    usage: dict[EnrollmentState, int] = {}
+    by_shape = True  # until then, usage is counted by protocol set
+
+    def leave_out_closed() -> None:
+        """Leave out the connections not yet taken that closed since they were
+        classified: never victims, in no protocol's usage, and no longer above low."""
+        nonlocal closes, dropped, target
+        closes = state.connections_closed
+        for i in itertools.compress(range(n), free):
+            if not conns[i].closed:
+                continue
+            free[i] = 0
+            if whole:
+                target -= 1
+            why = held.pop(i, None)
+            if why is None:
+                dropped += 1
+            elif excluded[why] == 1:
+                del excluded[why]
+            else:
+                excluded[why] -= 1
+            if by_shape:
+                shape_counts[plain_shape[i]] -= 1
+            else:
+                for member in shapes[member_shape[i]]:
+                    usage[member] -= 1
+                for member in shapes[plain_shape[i]]:
+                    plain_usage[member] -= 1
+
+    if state.connections_closed != closes:
+        leave_out_closed()
     if any(member.closed for shape in shapes for member in shape):
         # A protocol that left between two chunks no longer uses the connections
         # classified with it: it keeps none of them for its grant.min.
@@ -400,8 +454,8 @@ def plan_round(
             plain_usage[member] = plain_usage.get(member, 0) + shared
     # Every protocol a candidate's grant.min check can read.
     in_play = {member for shape in shapes for member in shape}
-    usage = {member: member.usage for member in in_play}
-    free = bytearray(b"\x01") * n  # 0 once taken
+    usage.update((member, member.usage) for member in in_play)
+    by_shape = False
     victims: list[Connection] = []
     reasons: list[PruneReason] = []
     blocked: list[tuple[int, Phase, str | None]] = []
@@ -525,6 +579,8 @@ def plan_round(
         for start in range(0, len(ordered), chunk):
             if start:
                 yield
+            if state.connections_closed != closes:
+                leave_out_closed()
             if ordered is busy:
                 order_ties(start + chunk)
             part = ordered[start : start + chunk]
@@ -593,9 +649,7 @@ def plan_round(
                 take(i, phase, protocol, forced=True)
 
     min_blocked = {i: conns[i] for i, _, _ in blocked if free[i]}
-    candidates = (
-        len(burst_first) + len(idle) + len(busy) - sum(1 for i in burst_first if conns[i].streams)
-    )
+    candidates = len(burst_first) + len(idle) + len(busy) - both - dropped
     return Plan(
         victims,
         reasons,
