@@ -331,3 +331,34 @@ async def test_without_admission_protected_newcomers_are_refused_at_hard() -> No
         mgr.protect("vip", "t")
         with pytest.raises(cm.ConnectionRefused, match=r"count 1 is at hard=1"):
             mgr.track("vip", direction="inbound", close=noop_close)
+
+
+async def test_no_eviction_when_choosing_the_victim_made_room(autojump_clock: Any) -> None:
+    # A scorer that releases a stale connection of its own, while the victim
+    # is chosen, brings the count under hard: the newcomer takes its place.
+    def scorer(stream: cm.Stream) -> float:
+        if stream.metadata.get("stale"):
+            stream.connection.release()
+        return 0.5
+
+    admission = cm.Admission(allow=["192.0.2.0/24"])
+    limits = cm.Limits(low=2, high=3, hard=3)
+    async with (
+        cm.open_connection_manager(limits=limits, admission=admission, grace_period=5) as mgr,
+        mgr.enroll("/app", quota=cm.Quota(0, 3), scorer=scorer) as app,
+    ):
+        conns = [
+            mgr.track(f"p{i}", direction="inbound", address=f"198.51.100.{i}", close=noop_close)
+            for i in range(3)
+        ]
+        streams = [app.track_stream(conn) for conn in conns]
+        streams[2].metadata["stale"] = True
+        await trio.sleep(6)
+        vip = mgr.track("vip", direction="inbound", address="192.0.2.7", close=noop_close)
+        assert conns[2].close_reason == "released"
+        assert not conns[0].closed
+        assert not conns[1].closed
+        assert not vip.closed
+        assert mgr.statistics().connections == 3
+        for stream in streams[:2]:
+            stream.close()

@@ -68,9 +68,9 @@ def enforce_hard_cap(
     Below ``hard`` (or with no ``hard``) it does nothing. At the cap it either
     evicts one prunable connection, the first victim the round planner would
     choose (``evict=True`` and there is one; its ``close_reason`` is
-    ``"evicted"``), or raises :class:`~trio_connmgr.ConnectionRefused` with
-    reason ``"hard"``. The manager uses it directly when no :class:`Admission`
-    is configured.
+    ``"evicted"``; none if a scorer released a connection meanwhile), or raises
+    :class:`~trio_connmgr.ConnectionRefused` with reason ``"hard"``. The manager
+    uses it directly when no :class:`Admission` is configured.
 
     Choosing the victim plans a round over every connection synchronously,
     scorers included (about 20 ms at 10,000 connections): only
@@ -83,6 +83,9 @@ def enforce_hard_cap(
     extra = ""
     if evict:
         plan = plan_now(state, state.clock(), target=1, trigger="admission")
+        if state.count < hard:
+            # A scorer released a connection while the victim was chosen: room made.
+            return
         if plan.connections:
             state.close_connection(plan.connections[0], EVICTED, plan.reasons[0])
             return
