@@ -353,7 +353,7 @@ async def test_assertion_messages_say_what_happened(autojump_clock: object) -> N
         assert "phase is 'idle'; trigger is 'high-water'" in str(info.value)
         with pytest.raises(AssertionError, match="not in the expected order"):
             assert_pruned([conns[1], conns[0]], in_order=True)
-        with pytest.raises(ValueError, match="phase must be a Phase or one of"):
+        with pytest.raises(cm.ConfigError, match="phase must be a Phase or one of"):
             assert_pruned(conns[0], phase="bogus")
 
         assert_not_pruned(conns[4:])

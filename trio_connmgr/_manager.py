@@ -519,8 +519,9 @@ class ConnectionManager:
             name: The protocol's name, unique among the manager's enrollments.
             quota: The share of the node's connections asked for (:class:`Quota`,
                 or :meth:`Quota.share` for fractions of ``G``).
-            scorer: ``scorer(stream) -> float`` in ``[0, 1]``, called only during
-                rounds (default: a :class:`RecencyScorer`).
+            scorer: ``scorer(stream) -> float`` in ``[0, 1]``, called only when
+                connections are ranked: rounds, :meth:`explain`, eviction at
+                ``hard`` (default: a :class:`RecencyScorer`).
             weight: The protocol's weight in a connection's tally.
             strict: Refuse (:class:`QuotaDenied`) rather than accept less than
                 ``quota.min``.

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .._core._planner import Phase, exclusion
+from .._errors import ConfigError
 
 if TYPE_CHECKING:
     from .._core._state import Connection
@@ -60,7 +61,7 @@ def _phase(value: Phase | str) -> Phase:
         return Phase(value)
     except ValueError:
         choices = ", ".join(p.value for p in Phase)
-        raise ValueError(f"phase must be a Phase or one of {choices}, got {value!r}") from None
+        raise ConfigError(f"phase must be a Phase or one of {choices}, got {value!r}") from None
 
 
 def _show(value: object) -> str:

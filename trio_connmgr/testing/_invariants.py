@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,7 @@ from .._config import Direction
 from .._core._events import RoundCompleted
 from .._core._planner import Phase
 from .._core._quota import allocate
+from .._errors import ConfigError
 from ._time import RoundResult
 
 if TYPE_CHECKING:
@@ -19,10 +21,22 @@ if TYPE_CHECKING:
 _EPSILON = 1e-9
 
 
+class _Omitted(enum.Enum):
+    """``last_round`` not given: check the manager only, no round."""
+
+    OMITTED = enum.auto()
+
+    def __repr__(self) -> str:
+        return "<omitted>"
+
+
+_OMITTED = _Omitted.OMITTED
+
+
 def check_invariants(
     manager: ConnectionManager,
     *,
-    last_round: RoundResult | RoundCompleted | None = None,
+    last_round: RoundResult | RoundCompleted | _Omitted | None = _OMITTED,
     allow_round_failures: bool = False,
 ) -> None:
     """Assert SPEC §12 (and the bookkeeping it relies on) on a live or closed manager.
@@ -63,14 +77,24 @@ def check_invariants(
         last_round: The latest round: from :func:`force_round`, from
             :func:`record_rounds`, or a :class:`trio_connmgr.RoundCompleted`
             event. A bare event carries no limits: pass it right after the
-            round (before the effective ``low`` changes).
+            round (before the effective ``low`` changes). Omit it to check the
+            manager only. ``None`` (say, ``rounds.last`` when no round ran
+            while recording) is a violation, "no round has completed": the
+            test meant to check a round and there is none.
         allow_round_failures: Do not fail because a round raised (for tests that
             inject failures on purpose).
 
     Raises:
         AssertionError: listing every violation found, one per line, for example
             ``"usage of '/kad' is 3 but its open streams are on 2 connections"``.
+        ConfigError: if ``last_round`` is of another type (say, the
+            :class:`RoundRecorder` itself rather than its ``last``).
     """
+    if not isinstance(last_round, RoundResult | RoundCompleted | _Omitted | None):
+        raise ConfigError(
+            "check_invariants last_round must be a RoundResult, a RoundCompleted event "
+            f"or None, got {last_round!r}"
+        )
     state = manager._state
     problems: list[str] = []
     if state.closed:
@@ -85,7 +109,12 @@ def check_invariants(
             f"{state.rounds.failures} regulation round(s) raised (invariant 6: a round "
             "never breaks; see the 'trio_connmgr.regulator' log)"
         )
-    if last_round is not None:
+    if last_round is None:
+        problems.append(
+            "last_round is None: no round has completed (record_rounds saw none); "
+            "omit last_round to check the manager alone"
+        )
+    elif not isinstance(last_round, _Omitted):
         _check_round(state, last_round, problems)
     if problems:
         raise AssertionError(
