@@ -141,6 +141,12 @@ async def test_tracked_fakes_close_once_when_pruned_never_when_released(
         assert [fakes.close_calls(c) for c in slow] == [1, 1, 0, 0]
         assert fakes.close_calls(released) == 0
         check_invariants(mgr, last_round=result)
+        # A connection from open() has no close() to count; one from elsewhere
+        # is none of these fakes' business.
+        with pytest.raises(cm.ConfigError, match=r"was opened with open\(\), which has no"):
+            fakes.close_calls(await fakes.open(mgr))
+        with pytest.raises(cm.ConfigError, match="was not opened by these fake connections"):
+            fakes.close_calls(mgr.track("stranger", direction="outbound", close=noop_close))
 
 
 # ------------------------------------------------------------------- time

@@ -254,8 +254,20 @@ class FakeConnections:
         return conn
 
     def close_calls(self, conn: Connection) -> int:
-        """How many times the manager called ``close()`` of a :meth:`track`-ed connection."""
-        return self._held[conn].close_calls
+        """How many times the manager called ``close()`` of a :meth:`track`-ed connection.
+
+        Raises:
+            ConfigError: ``conn`` was not opened by these fake connections, or was
+                opened with :meth:`open` (it has no ``close()`` to count).
+        """
+        held = self._held.get(conn)
+        if held is None:
+            raise ConfigError(f"{conn!r} was not opened by these fake connections")
+        if not held.tracked:
+            raise ConfigError(
+                f"{conn!r} was opened with open(), which has no close() to count: use track()"
+            )
+        return held.close_calls
 
     async def close(self, conn: Connection) -> None:
         """Close ``conn`` from the remote side; return once the manager stopped counting it.
