@@ -14,7 +14,8 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, final
 
 import trio
@@ -150,6 +151,9 @@ class EventHub:
         self._subscribers: list[EventReceiver] = []
         self._writers: list[Callable[[Event], None]] = []
         self._closed = False
+        # What writers raised that must not be caught, held while the manager
+        # closes (see closing()).
+        self._held: list[BaseException] | None = None
         self.dropped = 0
         self.emitted = 0
         self.writer_errors = 0
@@ -160,7 +164,11 @@ class EventHub:
         return len(self._subscribers)
 
     def emit(self, event: Event) -> None:
-        """Deliver ``event`` to every subscriber and writer. Never blocks, never raises."""
+        """Deliver ``event`` to every subscriber and writer. Never blocks.
+
+        Raises only what a writer raised that must not be caught (a
+        ``KeyboardInterrupt``), and not while the manager closes (see :meth:`closing`).
+        """
         if not (self._subscribers or self._writers):
             # The last writer failed at an earlier event (see below): nobody listens.
             self._update_sink()
@@ -179,6 +187,13 @@ class EventHub:
                     # call it again in the operation that produced this one (a
                     # prune is followed by its close) having checked it only once.
                     self._writers.remove(writer)
+                except BaseException as exc:
+                    # Never swallowed; while the manager closes, held until the
+                    # close is complete (see closing()).
+                    if self._held is None:
+                        raise
+                    self._writers.remove(writer)
+                    self._held.append(exc)
 
     def _update_sink(self) -> None:
         self._set_sink(self.emit if (self._subscribers or self._writers) else None)
@@ -206,6 +221,23 @@ class EventHub:
         if receiver in self._subscribers:
             self._subscribers.remove(receiver)
             self._update_sink()
+
+    @contextmanager
+    def closing(self) -> Iterator[None]:
+        """:meth:`close` after the block, in which the manager closes every connection.
+
+        A writer raising there what must not be caught (a ``KeyboardInterrupt``
+        from its file) is removed, and the exception held until every connection
+        is closed and every subscription ended; then it is raised.
+        """
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            self.close()
+            if held:
+                raise held[0]
 
     def close(self) -> None:
         """End every subscription (their receivers drain, then see EndOfChannel)."""
@@ -272,12 +304,13 @@ class TraceWriter:
     def finish(self, *, close: bool) -> None:
         """Flush the file, and close it with ``close``: the manager's last word.
 
-        Never raises: the trace is a by-product, and whatever the manager's body
+        Raises no error: the trace is a by-product, and whatever the manager's body
         raised (or nothing) is what its caller must see. An error (a full disk, a
-        file closed under it) is logged, unless a write already failed and was.
+        file closed under it) is logged, unless a write already failed and was;
+        what must not be caught (a ``KeyboardInterrupt`` from the file) passes.
         """
         # The header's error is logged when an event meets it; if none came, here.
-        error = None if self._failed else self._error
+        error: Exception | None = None if self._failed else self._error
         try:
             try:
                 self._file.flush()
@@ -286,13 +319,21 @@ class TraceWriter:
                     self._file.close()
         except Exception as exc:
             if not self._failed:
-                error = exc
-        if error is not None:
-            logger.error(
-                "the trace file %r failed; the trace is incomplete",
-                getattr(self._file, "name", self._file),
-                exc_info=error,
-            )
+                # Should the header have failed as well, both are logged: the
+                # first error is not lost to the second.
+                error = (
+                    exc
+                    if error is None
+                    else ExceptionGroup("the trace's header and its flush failed", [error, exc])
+                )
+        finally:
+            # (Logged even as a KeyboardInterrupt from the flush passes through.)
+            if error is not None:
+                logger.error(
+                    "the trace file %r failed; the trace is incomplete",
+                    getattr(self._file, "name", self._file),
+                    exc_info=error,
+                )
 
 
 def _check_text_file(file: object) -> None:
@@ -412,7 +453,9 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
     rounds: dict[str, Any] = {"count": 0, "last_trigger": None, "locks_revoked": 0}
     configured_high = None  # from the header
 
-    def protocol(name: str) -> dict[str, Any]:
+    def protocol(name: object) -> dict[str, Any]:
+        if not isinstance(name, str):
+            raise TypeError(f"a protocol must be a string, got {name!r}")
         found = protocols.get(name)
         if found is None:
             found = protocols[name] = _new_protocol()
@@ -463,7 +506,11 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
                 out["connections_closed"] += 1
             elif kind == "connection_pruned":
                 out["connections_pruned"] += 1
-                for name in record.get("protocols", ()):
+                names = record.get("protocols", ())
+                if not isinstance(names, list | tuple):
+                    # (A string would count each of its letters as a protocol.)
+                    raise TypeError(f"protocols must be an array of strings, got {names!r}")
+                for name in names:
                     protocol(name)["pruned"] += 1
             elif kind == "round_completed":
                 rounds["count"] += 1

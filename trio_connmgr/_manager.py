@@ -422,16 +422,18 @@ class ConnectionManager:
                 member._nursery.cancel_scope.cancel("connection manager closed")
             state.leave(member)
 
-        try:
-            # (Leaving regrants the others: their on_grant callbacks may raise
-            # what they must not catch, a KeyboardInterrupt. The others leave all
-            # the same, their tasks cancelled; then it is raised.)
-            call_each(leave, list(state.members.values()))
-        finally:
-            # Whatever a callback raised, every connection is closed (tracked
-            # ones' close() awaited) and every subscription ended.
-            state.close()
-            self._hub.close()
+        # (A trace writer raising what it must not catch meanwhile, such as a
+        # KeyboardInterrupt from its file, is held by the hub until the end.)
+        with self._hub.closing():
+            try:
+                # (Leaving regrants the others: their on_grant callbacks may raise
+                # what they must not catch, a KeyboardInterrupt. The others leave
+                # all the same, their tasks cancelled; then it is raised.)
+                call_each(leave, list(state.members.values()))
+            finally:
+                # Whatever a callback raised, every connection is closed (tracked
+                # ones' close() awaited) and every subscription ended.
+                state.close()
 
     # ------------------------------------------------------------ connections
 
