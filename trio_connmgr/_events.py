@@ -297,7 +297,9 @@ class TraceWriter:
             self._line(event.to_json())
             if isinstance(event, RoundCompleted):
                 self._file.flush()
-        except BaseException:
+        except Exception:
+            # (Not what must not be caught, a KeyboardInterrupt: the hub raises it
+            # without logging it, so an error at exit must still be logged.)
             self._failed = True
             raise
 
@@ -390,6 +392,92 @@ def trace_header(state: State) -> dict[str, Any]:
     }
 
 
+@final
+class _Absent:
+    """The type of what :func:`_check_fields` reads for a field a line lacks."""
+
+
+_ABSENT = _Absent()
+_MAPPING = (dict, Mapping)  # (a dict first: parsed JSON is one, and the ABC's check is slow)
+_ARRAY = (list, tuple)  # (parsed objects may carry tuples)
+_INTEGER = (int,)  # exact types: a bool is no integer
+_STRING = (str,)
+
+
+def _strings(value: list[Any] | tuple[Any, ...]) -> bool:
+    return all(type(item) is str for item in value)
+
+
+def _phase_counts(value: list[Any] | tuple[Any, ...]) -> bool:
+    return all(
+        type(pair) in _ARRAY and len(pair) == 2 and type(pair[0]) is str and type(pair[1]) is int
+        for pair in value
+    )
+
+
+# A field: its name, the exact types its value may have, a further check of the
+# value (or None), and what the value must be, for the error message.
+_Field = tuple[str, tuple[type, ...], Callable[[Any], bool] | None, str]
+
+_TIME: _Field = ("time", (int, float, _Absent), None, "a number")  # absent: the time stays
+_PROTOCOL: _Field = ("protocol", _STRING, None, "a string")
+_LOCK: tuple[_Field, ...] = (_TIME, _PROTOCOL, ("lock_id", _INTEGER, None, "an integer"))
+_LIMITS: tuple[_Field, ...] = (
+    _TIME,
+    ("low", _INTEGER, None, "an integer"),
+    ("high", _INTEGER, None, "an integer"),
+    ("hard", (int, type(None)), None, "an integer or null"),
+)
+
+_REPLAYED_FIELDS: dict[str, tuple[_Field, ...]] = {
+    "trace_started": _LIMITS,
+    "connection_opened": (
+        _TIME,
+        ("connection_id", _INTEGER, None, "an integer"),
+        ("direction", _STRING, {"inbound", "outbound"}.__contains__, '"inbound" or "outbound"'),
+    ),
+    "connection_closed": (_TIME, ("connection_id", _INTEGER, None, "an integer")),
+    "connection_pruned": (_TIME, ("protocols", _ARRAY, _strings, "an array of strings")),
+    "round_completed": (
+        _TIME,
+        ("trigger", _STRING, None, "a string"),
+        ("revoked_locks", _INTEGER, None, "an integer"),
+        ("by_phase", _ARRAY, _phase_counts, "an array of [phase, n] pairs"),
+    ),
+    "grant_changed": (
+        _TIME,
+        _PROTOCOL,
+        ("min", _INTEGER, None, "an integer"),
+        ("max", _INTEGER, None, "an integer"),
+    ),
+    "lock_granted": (*_LOCK, ("connection_id", _INTEGER, None, "an integer")),
+    "lock_denied": (_TIME, _PROTOCOL, ("reason", _STRING, None, "a string")),
+    "lock_released": _LOCK,
+    "lock_revoked": _LOCK,
+    "lock_expired": _LOCK,
+    "burst_opened": (_TIME, _PROTOCOL),
+    "burst_closed": (_TIME, _PROTOCOL),
+    "limits_changed": (*_LIMITS, ("cause", _STRING, None, "a string")),
+    "admission_refused": (_TIME, ("reason", _STRING, None, "a string")),
+}
+"""The fields :func:`replay_trace` reads, by kind, as the writer writes them.
+
+Other fields, and other kinds (but for their ``time``), are not checked: a newer
+release of the same format version may add them (``docs/trace.md``).
+"""
+_OTHER_KIND: tuple[_Field, ...] = (_TIME,)
+
+
+def _check_fields(record: Mapping[str, Any], fields: tuple[_Field, ...]) -> None:
+    """Raise KeyError or TypeError unless ``record`` has each of ``fields`` as it must be."""
+    for name, types, check, what in fields:
+        value = record.get(name, _ABSENT)
+        if type(value) not in types or (check is not None and not check(value)):
+            if value is _ABSENT:
+                raise KeyError(name)
+            raise TypeError(f"{name} must be {what}, got {value!r}")
+
+
 def _new_protocol() -> dict[str, Any]:
     return {
         "grant_min": 0,
@@ -413,7 +501,9 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
     objects; blank lines are skipped and unknown kinds ignored, so a trace from a
     newer release (of the same format version) still replays. A last line cut
     short (the writer stopped mid-line: a full disk) is skipped, and the result's
-    ``truncated`` says so. The result mirrors :meth:`ConnectionManager.statistics`
+    ``truncated`` says so; what shows the cut is the line ending it lacks while
+    the line before has one, so only lines that keep their endings (a file's)
+    can show it. The result mirrors :meth:`ConnectionManager.statistics`
     where events carry the information (see ``docs/trace.md`` for the list):
     ``connections``, ``inbound``, ``outbound``, ``connections_opened``,
     ``connections_closed``, ``connections_pruned``, ``low``, ``high``, ``hard``,
@@ -428,10 +518,10 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
     leaving); streams are not traced, so usage and stream counts are not replayed.
 
     Raises:
-        ValueError: A line is not a JSON object with a ``kind``, lacks a field its
-            kind needs or has one of the wrong type, or is a ``trace_started``
-            header of another format version than this release reads (the
-            message gives the line's 1-based number).
+        ValueError: A line is not a JSON object with a ``kind``, lacks a field the
+            replay reads or has one of another type than the writer writes, or
+            is a ``trace_started`` header of another format version than this
+            release reads (the message gives the line's 1-based number).
     """
     conns: dict[int, str] = {}
     locks: dict[int, tuple[str, int]] = {}  # held lock id -> (protocol, connection id)
@@ -453,15 +543,16 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
     rounds: dict[str, Any] = {"count": 0, "last_trigger": None, "locks_revoked": 0}
     configured_high = None  # from the header
 
-    def protocol(name: object) -> dict[str, Any]:
-        if not isinstance(name, str):
-            raise TypeError(f"a protocol must be a string, got {name!r}")
+    def protocol(name: str) -> dict[str, Any]:
         found = protocols.get(name)
         if found is None:
             found = protocols[name] = _new_protocol()
         return found
 
     cut: ValueError | None = None  # the last line cut short, unless another follows
+    # Whether the line before (blank lines aside) ended with "\n": only then can a
+    # line without one have been cut short (text.splitlines() leaves no endings).
+    after_newline = False
     for number, line in enumerate(lines, 1):
         if isinstance(line, str) and not line.strip():
             continue
@@ -472,15 +563,17 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
                 record = json.loads(line)
             except ValueError as exc:
                 error = ValueError(f"trace line {number} is not JSON: {exc}")
-                if line.startswith("{") and not line.endswith("\n"):
+                if after_newline and line.startswith("{") and not line.endswith("\n"):
                     # The writer may have been cut off mid-line (a full disk): fine
                     # for the last line only.
                     cut = error
                     continue
                 raise error from None
+            after_newline = line.endswith("\n")
         else:
             record = line
-        if not isinstance(record, Mapping) or not isinstance(record.get("kind"), str):
+            after_newline = False
+        if not isinstance(record, _MAPPING) or not isinstance(record.get("kind"), str):
             raise ValueError(f"trace line {number} is not an event object with a 'kind'")
         kind = record["kind"]
         if kind == "trace_started":
@@ -493,6 +586,7 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
         events[kind] = events.get(kind, 0) + 1
         out["time"] = record.get("time", out["time"])
         try:
+            _check_fields(record, _REPLAYED_FIELDS.get(kind, _OTHER_KIND))
             if kind == "trace_started":
                 limits = record["low"], record["high"], record["hard"]
                 out["version"] = version
@@ -506,11 +600,7 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
                 out["connections_closed"] += 1
             elif kind == "connection_pruned":
                 out["connections_pruned"] += 1
-                names = record.get("protocols", ())
-                if not isinstance(names, list | tuple):
-                    # (A string would count each of its letters as a protocol.)
-                    raise TypeError(f"protocols must be an array of strings, got {names!r}")
-                for name in names:
+                for name in record["protocols"]:
                     protocol(name)["pruned"] += 1
             elif kind == "round_completed":
                 rounds["count"] += 1

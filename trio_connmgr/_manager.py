@@ -11,7 +11,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
-from os import PathLike
+from os import PathLike, fspath
 from types import TracebackType
 from typing import IO, Any, final
 
@@ -907,6 +907,11 @@ async def open_connection_manager(
     owns_trace = False
     if trace is not None:
         if isinstance(trace, str | PathLike):
+            if not isinstance(fspath(trace), str):
+                raise ConfigError(
+                    "trace must be a path or a text file open for writing, "
+                    f"got {trace!r} (a bytes path)"
+                )
             trace_file = open(trace, "w", encoding="utf-8")  # noqa: SIM115, ASYNC230
             owns_trace = True
         else:
