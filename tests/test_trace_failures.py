@@ -258,3 +258,26 @@ def test_the_first_interrupt_of_the_writers_comes_out_once_the_hub_closed() -> N
     with pytest.raises(trio.EndOfChannel):
         receiver.receive_nowait()
     assert sinks[-1] is None
+
+
+def test_a_writer_that_was_interrupted_writes_no_more_lines() -> None:
+    # Its file may hold half a line: lines after it would make the middle of
+    # the trace unreadable, where a cut last line is only skipped.
+    hub = EventHub(lambda sink: None)
+    receiver = hub.subscribe(10)
+    written: list[cm.Event] = []
+
+    def write(event: cm.Event) -> None:
+        if not written:
+            written.append(event)
+            raise Interrupt(1)
+        written.append(event)
+
+    hub.add_writer(write)
+    first = cm.ConnectionOpened(0.0, 1, "p", "inbound", None, 1)
+    second = cm.ConnectionOpened(1.0, 2, "q", "inbound", None, 2)
+    with pytest.raises(Interrupt):
+        hub.emit(first)
+    hub.emit(second)
+    assert written == [first]
+    assert [receiver.receive_nowait(), receiver.receive_nowait()] == [first, second]

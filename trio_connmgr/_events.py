@@ -189,10 +189,11 @@ class EventHub:
                     self._writers.remove(writer)
                 except BaseException as exc:
                     # Never swallowed; while the manager closes, held until the
-                    # close is complete (see closing()).
+                    # close is complete (see closing()). Removed all the same: its
+                    # file may end in half a line, which only the last line may.
+                    self._writers.remove(writer)
                     if self._held is None:
                         raise
-                    self._writers.remove(writer)
                     self._held.append(exc)
 
     def _update_sink(self) -> None:
