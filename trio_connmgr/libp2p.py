@@ -298,8 +298,8 @@ class Attachment:
         """
         try:
             with trio.move_on_after(self._manager.close_timeout / 2):
-                # Reset the streams first: a remote handler blocked in read() then
-                # wakes with StreamReset at once instead of waiting on the close.
+                # Reset the streams first: the peer learns they were cut off, not
+                # finished (a py-libp2p peer's read() may still report StreamEOF).
                 for stream in list(conn.get_streams()):
                     try:
                         await stream.reset()
@@ -325,6 +325,9 @@ class Attachment:
                 await conn.close()
             except Exception:
                 logger.exception("closing a refused connection failed")
+        # Its disconnected notification may never come. Once closed, it cannot be
+        # adopted again; if it is still open after all, the sweep refuses it again.
+        self._refused.discard(conn)
 
     def _sweep_once(self) -> None:
         """Reconcile with the swarm: release vanished connections, adopt missed ones,
