@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Container, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn, TypeVar, cast
 
 import trio
@@ -84,13 +84,16 @@ def below_min(conn: Connection) -> bool:
     return False
 
 
-def lock_revocations(state: State, now: float, wanted: int) -> list[Connection]:
+def lock_revocations(
+    state: State, now: float, wanted: int, spared: Container[Connection] = ()
+) -> list[Connection]:
     """Locked connections whose locks to revoke, lowest tally first.
 
     Only connections that revocation would make prunable (not protected, not in
     grace) are considered, and those whose pruning would take a protocol below its
     ``grant.min`` come last: revoking their locks spares nothing unless a forced
-    round goes below a grant.min, its last resort.
+    round goes below a grant.min, its last resort. ``spared``: connections left
+    out (locked again since the round revoked their locks).
     """
     locked = [
         conn
@@ -98,6 +101,7 @@ def lock_revocations(state: State, now: float, wanted: int) -> list[Connection]:
         if conn._locks
         and conn.peer not in state.protected
         and now >= conn.opened_at + state.grace_period  # (as in exclusion())
+        and conn not in spared
     ]
     locked.sort(key=lambda conn: (below_min(conn), tally(conn), conn.id))
     return locked[:wanted]
@@ -329,22 +333,24 @@ class Regulator:
             # First without going below any grant.min, even in a forced round:
             # revoking locks comes before that last resort (SPEC §6, §8).
             plan, mark = await self._plan(now, trigger)
+            # The connections whose locks it revoked: a holder may lock again at
+            # once (from on_revoke), and revoking again would only go round in
+            # circles while a forced round's last resort waits.
+            revoked_on: set[Connection] = set()
             # Planning changed nothing: a cancellation up to here leaves no trace.
             # From here on the round revokes and prunes, so it runs to its end and is
             # recorded (its checkpoints are only schedule points, and it awaits nothing
             # else); a cancellation reaches a trim() caller at its next checkpoint.
             with trio.CancelScope(shield=True):
                 plan, mark, revoked = await self._revoke_and_replan(
-                    plan, mark, now, trigger, forced=forced, emergency=emergency
+                    plan, mark, now, trigger, revoked_on, forced=forced, emergency=emergency
                 )
                 phases: dict[Phase, int] = {}
-                # (Forced victims come last in a plan: nothing else was left.)
-                last_resort = bool(plan.reasons) and plan.reasons[-1].forced
-                pruned, skipped = await self._apply(plan, now, phases, collect, 0)
+                pruned, skipped, last_resort = await self._apply(plan, now, phases, collect, 0)
                 # A victim skipped as the round applied (locked, protected or needed
                 # for a grant.min meanwhile) leaves the round short while others may
-                # be prunable: plan the rest, a bounded number of times (not after a
-                # plan that had to go below a grant.min: its victims stay the last).
+                # be prunable: plan the rest, a bounded number of times (not after
+                # taking a protocol below a grant.min: those victims stay the last).
                 refills = 0
                 ranked = len(plan.connections)  # ranks given so far
                 while (
@@ -356,16 +362,19 @@ class Regulator:
                     # (Each plan's target is the count above low as it starts.)
                     plan, mark = await self._plan(now, trigger)
                     plan, mark, more = await self._revoke_and_replan(
-                        plan, mark, now, trigger, forced=forced, emergency=emergency
+                        plan, mark, now, trigger, revoked_on, forced=forced, emergency=emergency
                     )
                     revoked += more
-                    last_resort = bool(plan.reasons) and plan.reasons[-1].forced
-                    more, skipped = await self._apply(plan, now, phases, collect, ranked)
+                    more, skipped, last_resort = await self._apply(
+                        plan, now, phases, collect, ranked
+                    )
                     ranked += len(plan.connections)
                     pruned += more
                 shortfall = plan.shortfall
                 grace_ends = plan.grace_ends
-                unprunable = sum(plan.excluded.values()) + len(plan.min_blocked)
+                # (And the victims it skipped last: locked, protected or kept for a
+                # grant.min since it planned, with no plan after that to count them.)
+                unprunable = sum(plan.excluded.values()) + len(plan.min_blocked) + skipped
                 # Connections opened while the round ran, after its last plan: it did
                 # not know them (a round that ran on would never end under an
                 # arrival rate; the next round, if above high, takes them into account).
@@ -420,6 +429,7 @@ class Regulator:
         mark: int,
         now: float,
         trigger: str,
+        revoked_on: set[Connection],
         *,
         forced: bool,
         emergency: bool,
@@ -429,6 +439,9 @@ class Regulator:
         emergency, sensing pressure), then plan again (forced, a forced round
         may now go below a grant.min as its last resort). Returns the plan, its
         mark and how many locks were revoked.
+
+        ``revoked_on``: the connections whose locks the round revoked so far (not
+        revoked again; those revoked now are added).
         """
         state = self._state
         revoked = 0
@@ -438,7 +451,8 @@ class Regulator:
             # soon: revoke locks only for the shortfall grace cannot explain.
             wanted -= plan.excluded.get("grace", 0)
         if wanted > 0 and (forced or emergency or self.pressure):
-            for conn in lock_revocations(state, now, wanted):
+            for conn in lock_revocations(state, now, wanted, revoked_on):
+                revoked_on.add(conn)
                 for lock in list(conn._locks):
                     revoked += state.end_lock(lock, "revoked")
         if revoked or (forced and plan.shortfall):
@@ -459,9 +473,15 @@ class Regulator:
         phases: dict[Phase, int],
         collect: list[Connection] | None,
         ranked: int,
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, bool]:
         """Prune ``plan``'s victims that are still prunable, never below ``low``;
-        return how many it pruned and how many it skipped though still open.
+        return how many it pruned, how many it skipped though still open, and
+        whether it took a protocol below its grant.min (a forced victim).
+
+        Forced victims come last in a plan, as nothing else was left: once a
+        victim before them has been skipped, that is no longer known (the
+        protocols it carries keep what it would have taken), and they are all
+        left for a plan made again.
 
         ``ranked``: ranks this round already gave (the plan's ranks follow them).
         """
@@ -472,6 +492,7 @@ class Regulator:
         victims = cast("list[Connection | None]", plan.connections)
         reasons = cast("list[PruneReason | None]", plan.reasons)
         pruned = skipped = 0
+        forced_reached = last_resort = False
         debug = logger.isEnabledFor(logging.DEBUG)
         prune = self._manager._prune
         connections = state.connections
@@ -485,7 +506,11 @@ class Regulator:
                 if len(connections) <= state.low:
                     # Connections that were not victims closed on their own since
                     # planning: the plan's target (count - low then) is too many.
-                    return pruned, skipped
+                    return pruned, skipped, last_resort
+                if reason.forced and not forced_reached:
+                    forced_reached = True
+                    if skipped:
+                        return pruned, skipped, False
                 # Checkpoints let other tasks run: a victim may have closed,
                 # been locked or protected since planning, or carry a stream
                 # of a protocol it did not carry then. Usage now is the truth.
@@ -498,6 +523,7 @@ class Regulator:
                     reason = reason._replace(rank=reason.rank + ranked)
                 prune(victim, reason)
                 pruned += 1
+                last_resort = last_resort or reason.forced
                 if collect is not None:
                     collect.append(victim)
                 phases[reason.phase] = phases.get(reason.phase, 0) + 1
@@ -505,7 +531,7 @@ class Regulator:
                     logger.debug("pruned %r: %s", victim, reason)
             victims[start:stop] = [None] * (stop - start)
             reasons[start:stop] = [None] * (stop - start)
-        return pruned, skipped
+        return pruned, skipped, last_resort
 
     def _record(
         self,

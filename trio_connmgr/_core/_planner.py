@@ -389,7 +389,10 @@ def plan_round(
                     if stream.burst is not None:
                         bursty = True
                 if conn.closed:  # by a scorer (mypy cannot tell that it may)
-                    continue  # type: ignore[unreachable]
+                    free[i] = 0  # type: ignore[unreachable]
+                    if whole:
+                        target -= 1
+                    continue
                 if best is None:
                     members = tuple(protocols)
                 else:
@@ -455,6 +458,18 @@ def plan_round(
     # Every protocol a candidate's grant.min check can read.
     in_play = {member for shape in shapes for member in shape}
     usage.update((member, member.usage) for member in in_play)
+    # A stream that closed after its connection was classified (a scorer closed
+    # it, or a task while the round yielded) is still on it as far as the plan
+    # goes: each take of it counts one connection less for the protocol, so the
+    # protocol's usage must count it too, or the takes reach its grant.min early
+    # and block candidates that would not take it below.
+    carried: dict[EnrollmentState, int] = {}
+    for sid, k in collections.Counter(itertools.compress(member_shape, free)).items():
+        for member in shapes[sid]:
+            carried[member] = carried.get(member, 0) + k
+    for member, k in carried.items():
+        if k > usage[member]:
+            usage[member] = k
     by_shape = False
     victims: list[Connection] = []
     reasons: list[PruneReason] = []
@@ -653,7 +668,7 @@ def plan_round(
     return Plan(
         victims,
         reasons,
-        target,
+        max(target, 0),  # (below low once enough closed while it was planned)
         candidates,
         excluded,
         tuple(min_blocked.values()),
