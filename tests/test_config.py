@@ -105,6 +105,8 @@ async def test_manager_arguments_rejected(kwargs: dict[str, Any], field: str) ->
         (lambda: cm.Quota(0, -2), ("Quota.max", "-2")),
         (lambda: cm.Quota(1.5, 3), ("Quota.min", "1.5")),
         (lambda: cm.Quota(1, 2.5), ("Quota.max", "2.5")),
+        (lambda: cm.Quota(0.1, 0.5), ("Quota.min", "0.1", "Quota.share(0.1, 0.5)")),
+        (lambda: cm.Quota(0, 0.5), ("Quota.max", "0.5", "Quota.share(0, 0.5)")),
         (lambda: cm.Quota(True, 3), ("Quota.min", "True")),
         (lambda: cm.Quota.share(0.5, 0.2), ("Quota.min", "min=0.5", "max=0.2")),
         (lambda: cm.Quota.share(-0.1, 0.5), ("Quota.min", "-0.1")),

@@ -202,8 +202,14 @@ class Quota:
             check_fraction("Quota.min", self.min)
             check_fraction("Quota.max", self.max)
         else:
-            check_count("Quota.min", self.min, allow_zero=True)
-            check_count("Quota.max", self.max, allow_zero=True)
+            for field, value in (("Quota.min", self.min), ("Quota.max", self.max)):
+                if type(value) is float and 0.0 <= value <= 1.0:
+                    # Most likely a share meant as one: say how to write it.
+                    raise ConfigError(
+                        f"{field} must be an integer, got {value!r} (for fractions of "
+                        f"the global share: Quota.share({self.min!r}, {self.max!r}))"
+                    )
+                check_count(field, value, allow_zero=True)
         if self.min > self.max:
             raise ConfigError(
                 f"Quota.min must be <= Quota.max, got min={self.min!r}, max={self.max!r}"
