@@ -8,6 +8,8 @@ import trio
 import trio.testing
 
 import trio_connmgr as cm
+import trio_connmgr.triggers
+from trio_connmgr.sensing import FakeSensor, Sensing
 
 
 async def noop_close() -> None:
@@ -284,3 +286,26 @@ async def test_a_connection_its_scorer_closes_while_explained_is_reported_closed
         assert why.tally is None
         assert why.safe_because == ()
         assert "is closed (released)" in why.text
+
+
+@pytest.mark.parametrize("cause", ["interval", "pressure"])
+async def test_no_promise_of_quiet_below_high_when_a_round_may_start_there(
+    cause: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Below high, an Interval trigger or sensing pressure starts rounds all the same.
+    kwargs: dict[str, object] = {}
+    if cause == "interval":
+        kwargs["triggers"] = [cm.triggers.Interval(5.0)]
+    else:
+        sensor = FakeSensor(pressure=True)
+        kwargs["sensing"] = Sensing([sensor], interval=5.0, floor=10)
+    async with open_manager(**kwargs) as mgr:
+        await trio.sleep(1)
+        older = mgr.track("older", direction="inbound", close=noop_close)
+        await trio.sleep(1)
+        mgr.track("newer", direction="inbound", close=noop_close)
+        explained = mgr.explain(older)
+        assert explained.would_prune
+        assert "no round starts on its own" not in explained.text
+        await trio.sleep(10)
+        assert mgr.statistics().connections == 1

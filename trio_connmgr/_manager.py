@@ -41,7 +41,7 @@ from ._events import EventHub, EventReceiver, TraceWriter
 from ._regulator import Regulator
 from .admission import Admission, enforce_hard_cap
 from .sensing import Sensing
-from .triggers import Trigger
+from .triggers import HighWater, Pressure, Trigger
 
 logger = logging.getLogger("trio_connmgr")
 
@@ -794,7 +794,13 @@ class ConnectionManager:
                 f"{target} in the {phase} phase, tally {value:.3f} "
                 f"(count {state.count} > low {state.low})"
             )
-            if state.count <= state.high:
+            regulator = self._regulator
+            if (
+                state.count <= state.high
+                and not regulator.pressure
+                # (Other triggers, an Interval say, may start one below high.)
+                and all(type(t) in (HighWater, Pressure) for t in regulator.triggers)
+            ):
                 text += f"; no round starts on its own until the count exceeds high={state.high}"
         elif min_blocked:
             text = f"{head} is kept: pruning it would take {', '.join(blocked_by)} below grant.min"
