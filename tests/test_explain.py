@@ -309,3 +309,42 @@ async def test_no_promise_of_quiet_below_high_when_a_round_may_start_there(
         assert "no round starts on its own" not in explained.text
         await trio.sleep(10)
         assert mgr.statistics().connections == 1
+
+
+async def test_a_lock_a_round_at_hard_would_revoke_is_said_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_manager(limits=cm.Limits(1, 2, 3), lock_budget=2) as mgr,
+        mgr.enroll("p", quota=cm.Quota(0, 3)) as p,
+    ):
+        locked = mgr.track("a", direction="outbound", close=noop_close)
+        for peer in "bc":
+            mgr.protect(peer, "keep")
+            mgr.track(peer, direction="outbound", close=noop_close)
+        stream = p.track_stream(locked)
+        async with p.lock(stream, ttl=100):
+            explained = mgr.explain(locked)
+            assert explained.excluded_by == "locked"
+            assert explained.text.endswith(
+                "; but with the count at hard, a round run now would revoke its locks"
+            )
+            # As the regulator's round (above high, at hard) then does.
+            await trio.sleep(1)
+            assert locked.close_reason == "pruned"
+        stream.close()
+    # Below hard the lock holds, and nothing more is said.
+    async with (
+        open_manager(limits=cm.Limits(1, 2, 4), lock_budget=2) as mgr,
+        mgr.enroll("p", quota=cm.Quota(0, 3)) as p,
+    ):
+        locked = mgr.track("a", direction="outbound", close=noop_close)
+        for peer in "bc":
+            mgr.protect(peer, "keep")
+            mgr.track(peer, direction="outbound", close=noop_close)
+        stream = p.track_stream(locked)
+        async with p.lock(stream, ttl=100):
+            text = mgr.explain(locked).text
+            assert text.endswith(f"until t={trio.current_time() + 100:.3f}"), text
+            assert await mgr.trim() == []
+        stream.close()

@@ -38,7 +38,7 @@ from ._core._stats import Statistics, snapshot
 from ._enrollment import Enrollment, parse_direction
 from ._errors import ConfigError, ConnectionRefused, ConnMgrError, ManagerClosed, call_each
 from ._events import EventHub, EventReceiver, TraceWriter
-from ._regulator import Regulator
+from ._regulator import Regulator, lock_revocations
 from .admission import Admission, enforce_hard_cap
 from .sensing import Sensing
 from .triggers import HighWater, Pressure, Trigger
@@ -759,6 +759,13 @@ class ConnectionManager:
                 blocked_by = tuple(
                     sorted(m.name for m in members if m.usage - taken.get(m, 0) <= m.grant.min)
                 ) or tuple(sorted(m.name for m in members))
+        revocable = False
+        if why == "locked" and self._regulator.emergency():
+            # At hard or under sensing pressure a round revokes locks for what it
+            # is short of (SPEC §6), lowest tally first, as the regulator does.
+            plan = plan_now(state, now, trigger="explain")
+            wanted = plan.shortfall - plan.excluded.get("grace", 0)
+            revocable = wanted > 0 and conn in lock_revocations(state, now, wanted)
         if conn.closed and why != "closed":
             # A scorer closed it while it was being scored: report what is now true.
             why, safe, value, reason, min_blocked = "closed", [], None, None, False
@@ -783,6 +790,9 @@ class ConnectionManager:
                         f"({grace_until - now:.3f}s from now)"
                     )
             text = f"{head} is safe: {'; '.join(parts)}"
+            if revocable:
+                cause = "sensing pressure" if self._regulator.pressure else "the count at hard"
+                text += f"; but with {cause}, a round run now would revoke its locks"
         elif reason is not None:
             assert value is not None
             phase = reason.phase.value
