@@ -217,7 +217,8 @@ async def test_other_arguments_rejected() -> None:
     [
         (lambda: triggers.Spike(0, 1.0), ("Spike.connections", "0")),
         (lambda: triggers.Spike(3, 0), ("Spike.window", "0")),
-        (lambda: triggers.FailedDials(1.5, 10), ("FailedDials.ratio", "1.5")),
+        (lambda: triggers.FailedDials(1.5, 10), ("FailedDials.ratio", "(0, 1]", "1.5")),
+        (lambda: triggers.FailedDials(0, 10), ("FailedDials.ratio", "(0, 1]", "0")),
         (lambda: triggers.FailedDials(0.5, -1), ("FailedDials.window", "-1")),
         (lambda: triggers.FailedDials(0.5, 10, min_dials=0), ("FailedDials.min_dials", "0")),
         (lambda: triggers.Interval(0), ("Interval.period", "0")),

@@ -236,7 +236,7 @@ def test_sensing_validation() -> None:
     with pytest.raises(cm.ConfigError, match=r"Sensing.increase.*got 1.5"):
         Sensing([fake], increase=1.5)  # type: ignore[arg-type]
     for bad in (0, 1, 1.5, math.nan):
-        with pytest.raises(cm.ConfigError, match=r"Sensing.decrease"):
+        with pytest.raises(cm.ConfigError, match=r"Sensing.decrease must be a number in \(0, 1\)"):
             Sensing([fake], decrease=bad)
     with pytest.raises(cm.ConfigError, match=r"DialHealth.latency_factor must be > 1"):
         DialHealth(latency_factor=1.0)
@@ -525,6 +525,8 @@ def test_admission_validation() -> None:
     with pytest.raises(cm.ConfigError, match=r"Admission.burst must be at most 2\*\*53, got 9007"):
         cm.Admission(rate=1, burst=2**53 + 1)  # later, float(burst) would not count tokens
     assert cm.Admission(rate=1, burst=2**53).burst == 2**53
+    # The default burst follows the rate, up to the same bound.
+    assert cm.Admission(rate=1e300).burst == 2**53
     with pytest.raises(cm.ConfigError, match=r"Admission.deny must be an iterable .* got b'10"):
         cm.Admission(deny=b"10.0.0.0/8")  # type: ignore[arg-type]
     with pytest.raises(cm.ConfigError, match=r"Admission.burst needs a rate"):

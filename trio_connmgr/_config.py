@@ -89,21 +89,26 @@ def check_period(field: str, value: object, *, allow_zero: bool = True) -> float
     return float(value)
 
 
-def check_fraction(field: str, value: object) -> float:
-    """Return ``value`` as a float if it is a finite number in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{field} must be a number in [0, 1], got {value!r}")
-    if not (0.0 <= value <= 1.0):  # also rejects NaN
-        raise ConfigError(f"{field} must be a number in [0, 1], got {value!r}")
+def check_fraction(
+    field: str, value: object, *, above_zero: bool = False, below_one: bool = False
+) -> float:
+    """Return ``value`` as a float if it is a number in [0, 1] (without 0 if
+    ``above_zero``, without 1 if ``below_one``); the error names that interval."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (0.0 <= value <= 1.0)  # also rejects NaN
+        or (above_zero and value == 0.0)
+        or (below_one and value == 1.0)
+    ):
+        interval = f"{'(' if above_zero else '['}0, 1{')' if below_one else ']'}"
+        raise ConfigError(f"{field} must be a number in {interval}, got {value!r}")
     return float(value)
 
 
 def check_open_fraction(field: str, value: object) -> float:
     """Return ``value`` as a float if it is a number in ``(0, 1]``."""
-    fraction = check_fraction(field, value)
-    if fraction == 0.0:
-        raise ConfigError(f"{field} must be a number in (0, 1], got {value!r}")
-    return fraction
+    return check_fraction(field, value, above_zero=True)
 
 
 def check_positive_float(field: str, value: object) -> float:

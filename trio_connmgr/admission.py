@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, final
 
 from ._config import Direction, check_bool, check_count, check_positive_float
 from ._core._admission import (
+    MAX_BURST,
     AdmissionPolicy,
     RateLimiter,
     check_prefix,
@@ -119,7 +120,7 @@ class Admission:
             bucket; every attempt that reaches this check spends a token, even one
             a later check refuses); ``None`` for no rate limit.
         burst: Bucket size: attempts allowed back to back per subnet
-            (default ``max(1, ceil(rate))``).
+            (default ``max(1, ceil(rate))``, at most ``2**53``).
         rate_ipv4_prefix: Prefix length of the IPv4 subnets sharing a bucket.
         rate_ipv6_prefix: Prefix length of the IPv6 subnets sharing a bucket.
         exempt_loopback: Loopback addresses skip subnet caps and rate limits (the
@@ -157,7 +158,7 @@ class Admission:
         if rate is not None:
             rate = check_positive_float("Admission.rate", rate)
             if burst is None:
-                burst = max(1, math.ceil(rate))
+                burst = min(MAX_BURST, max(1, math.ceil(rate)))
             limiter = RateLimiter(rate, burst, rate_ipv4_prefix, rate_ipv6_prefix)
         elif burst is not None:
             check_count("Admission.burst", burst)

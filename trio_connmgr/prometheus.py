@@ -193,7 +193,12 @@ def _families(stats: Statistics, ns: str) -> list[Metric]:
         ("counter", "protocol_bursts_opened", "bursts_opened", "Bursts opened."),
         ("counter", "protocol_bursts_closed", "bursts_closed", "Bursts closed."),
         ("counter", "protocol_pruned_connections", "pruned", "Pruned connections it used."),
-        ("counter", "protocol_scorer_errors", "scorer_errors", "Scores that raised or were NaN."),
+        (
+            "counter",
+            "protocol_scorer_errors",
+            "scorer_errors",
+            "Scores that raised, were NaN or were not numbers.",
+        ),
         ("counter", "protocol_scorer_clamped", "scorer_clamped", "Scores clamped into [0, 1]."),
     ]
     protocols = sorted(stats.protocols.items())

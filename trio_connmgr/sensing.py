@@ -649,10 +649,9 @@ class Sensing:
         self.interval = check_positive_float("Sensing.interval", interval)
         self.floor = _check_optional_count("Sensing.floor", floor)
         self.increase = _check_optional_count("Sensing.increase", increase)
-        decrease = check_fraction("Sensing.decrease", decrease)
-        if not 0.0 < decrease < 1.0:
-            raise ConfigError(f"Sensing.decrease must be a number in (0, 1), got {decrease!r}")
-        self.decrease = decrease
+        self.decrease = check_fraction(
+            "Sensing.decrease", decrease, above_zero=True, below_one=True
+        )
         self.last: Decision | None = None
         """The last decision (``None`` before the first interval)."""
         self._dial_sensors = tuple(s for s in self.sensors if _overrides(s, "dial_reported"))
