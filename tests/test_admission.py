@@ -362,3 +362,37 @@ async def test_no_eviction_when_choosing_the_victim_made_room(autojump_clock: An
         assert mgr.statistics().connections == 3
         for stream in streams[:2]:
             stream.close()
+
+
+async def test_eviction_keeps_a_protocol_at_its_min_when_a_scorer_closes_a_stale_stream(
+    autojump_clock: Any,
+) -> None:
+    # m's scorer closes c's stale stream while the victim is chosen: m is then
+    # on a and b only, at its grant.min, and the newcomer evicts c.
+    def m_scorer(stream: cm.Stream) -> float:
+        if stream.metadata.get("stale"):
+            stream.close()
+        return float(stream.metadata["score"])
+
+    admission = cm.Admission(allow=["192.0.2.0/24"])
+    async with (
+        cm.open_connection_manager(
+            limits=cm.Limits(1, 4, 4), grace_period=0, silence_period=1e6, admission=admission
+        ) as mgr,
+        mgr.enroll("m", quota=cm.Quota(2, 4), scorer=m_scorer) as m,
+        mgr.enroll("n", quota=cm.Quota(0, 4), scorer=lambda stream: 0.9) as n,
+    ):
+        mgr.protect("kept", "keep")
+        mgr.track("kept", direction="outbound", close=noop_close)
+        a, b, c = (mgr.track(p, direction="outbound", close=noop_close) for p in "abc")
+        m.track_stream(a).metadata["score"] = 0.0
+        m.track_stream(b).metadata["score"] = 0.9
+        m.track_stream(c).metadata.update(score=0.0, stale=True)
+        streams = [n.track_stream(c), n.track_stream(c)]
+        mgr.track("vip", direction="inbound", address="192.0.2.7", close=noop_close)
+        assert c.close_reason == "evicted"
+        assert not a.closed
+        assert not b.closed
+        assert m.usage == m.grant.min == 2
+        for stream in streams:
+            stream.close()

@@ -12,6 +12,7 @@ from test_planner import Core, check_plan, metadata_scorer, victim_ids
 import trio_connmgr as cm
 from trio_connmgr._core import _planner
 from trio_connmgr._core._planner import Phase, Plan, plan_round
+from trio_connmgr._core._state import EnrollmentState
 
 
 def test_offender_usage_counts_connections_that_cannot_be_pruned() -> None:
@@ -260,3 +261,54 @@ def test_whenever_a_connection_closes_while_the_round_plans_the_plan_fits_what_i
         prunable = len(left) - (0 if conns[0].closed else 1)
         assert plan.candidates == prunable, step
         check_plan(core.state, plan, core.now, forced=False, burst_only={})
+
+
+def stale_stream_population(core: Core) -> tuple[EnrollmentState, list[cm.Connection], cm.Stream]:
+    """``m`` (grant.min 2) on a, b and c; c also carries two streams of ``n``.
+    Returns m, [a, b, c] and c's stream of m."""
+    m = core.member("m", cm.Quota(2, 1000))
+    n = core.member("n")
+    kept = core.conn()
+    core.state.protect(kept.peer, "keep")
+    a, b, c = core.conn(), core.conn(), core.conn()
+    core.stream(m, a, score=0.0)
+    core.stream(m, b, score=0.9)
+    stale = core.stream(m, c, score=0.0)
+    core.stream(n, c, score=0.9)
+    core.stream(n, c, score=0.9)
+    return m, [a, b, c], stale
+
+
+def test_a_stream_its_scorer_closes_leaves_the_protocols_a_take_lowers() -> None:
+    # m's scorer closes c's stale stream as it scores it: m is then on a and b
+    # only, both kept for its grant.min, and c (no longer m's) may go.
+    core = Core(1, 10)
+    m, (a, b, c), stale = stale_stream_population(core)
+    stale.metadata["stale"] = True
+
+    def scorer(stream: cm.Stream) -> float:
+        if stream.metadata.get("stale"):
+            stream.close()
+        return metadata_scorer(stream)
+
+    m.scorer = scorer
+    plan = core.plan()
+    assert stale.closed
+    assert victim_ids(plan) == [c.id]
+    assert set(plan.min_blocked) == {a, b}
+    check_plan(core.state, plan, core.now, forced=False, burst_only={})
+
+
+def test_a_stream_closed_while_the_round_yields_leaves_the_protocols_a_take_lowers() -> None:
+    core = Core(1, 10)
+    m, (a, b, c), stale = stale_stream_population(core)
+    idle = core.conn()  # one more to classify: the round yields after c
+    gen = plan_round(core.state, core.now, trigger="test", chunk=1)
+    for _ in range(4):  # the protected connection, a, b and c classified
+        next(gen)
+    stale.close()
+    plan = finish(gen)
+    assert m.usage == 2
+    assert victim_ids(plan) == [idle.id, c.id]
+    assert set(plan.min_blocked) == {a, b}
+    check_plan(core.state, plan, core.now, forced=False, burst_only={})

@@ -314,6 +314,7 @@ def plan_round(
     # tells when to look).
     free = bytearray(b"\x01") * n
     closes = state.connections_closed
+    opened, streams_closed = state.streams_opened, state.streams_closed
     held: dict[int, str] = {}  # the excluded connections, with why
     both = 0  # candidates both in ``burst_first`` and in ``busy``
     dropped = 0  # candidates seen closed after they were classified
@@ -448,6 +449,15 @@ def plan_round(
 
     if state.connections_closed != closes:
         leave_out_closed()
+    if state.streams_opened != opened or state.streams_closed != streams_closed:
+        # A stream opened or closed on a connection after it was classified (a
+        # scorer closed a stale one, or a task while the round yielded): read the
+        # protocols again, so that each take lowers the usage of exactly the
+        # protocols the usage read below counts it for.
+        for i in itertools.compress(range(n), free):
+            live = tuple(conns[i]._protocols)
+            if live != shapes[member_shape[i]]:
+                member_shape[i] = shape_ids[live]
     if any(member.closed for shape in shapes for member in shape):
         # A protocol that left between two chunks no longer uses the connections
         # classified with it: it keeps none of them for its grant.min.
@@ -458,18 +468,6 @@ def plan_round(
     # Every protocol a candidate's grant.min check can read.
     in_play = {member for shape in shapes for member in shape}
     usage.update((member, member.usage) for member in in_play)
-    # A stream that closed after its connection was classified (a scorer closed
-    # it, or a task while the round yielded) is still on it as far as the plan
-    # goes: each take of it counts one connection less for the protocol, so the
-    # protocol's usage must count it too, or the takes reach its grant.min early
-    # and block candidates that would not take it below.
-    carried: dict[EnrollmentState, int] = {}
-    for sid, k in collections.Counter(itertools.compress(member_shape, free)).items():
-        for member in shapes[sid]:
-            carried[member] = carried.get(member, 0) + k
-    for member, k in carried.items():
-        if k > usage[member]:
-            usage[member] = k
     by_shape = False
     victims: list[Connection] = []
     reasons: list[PruneReason] = []

@@ -403,6 +403,7 @@ class State:
         self.connections_closed = 0
         self.connections_pruned = 0
         self.streams_opened = 0
+        self.streams_closed = 0
         self.refusals: dict[str, int] = {}
         # Called with every connection that stops being counted (admission's
         # per-subnet counts are released here).
@@ -585,6 +586,7 @@ class State:
         if stream.closed:
             return
         stream.closed = True
+        self.streams_closed += 1  # (planning reads it: see plan_round)
         conn = stream.connection
         member = stream._member
         conn.streams.discard(stream)
