@@ -28,6 +28,14 @@ def test_a_last_line_cut_short_in_a_file_is_skipped() -> None:
     assert cm.replay_trace([HEADER, OPENED, "\n", BROKEN])["truncated"] is True
 
 
+def test_a_file_cut_short_in_its_header_is_skipped() -> None:
+    # The disk filled up at the first flush: the file holds half a header.
+    replayed = cm.replay_trace(io.StringIO(HEADER[:30]))
+    assert replayed["truncated"] is True
+    assert replayed["version"] is None
+    assert replayed["events"] == {}
+
+
 @pytest.mark.parametrize(
     "lines",
     [

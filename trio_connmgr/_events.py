@@ -553,7 +553,8 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
     cut: ValueError | None = None  # the last line cut short, unless another follows
     # Whether the line before (blank lines aside) ended with "\n": only then can a
     # line without one have been cut short (text.splitlines() leaves no endings).
-    after_newline = False
+    # A file's lines keep theirs: its first line may be cut short too.
+    after_newline = isinstance(lines, io.IOBase)
     for number, line in enumerate(lines, 1):
         if isinstance(line, str) and not line.strip():
             continue
