@@ -22,7 +22,10 @@ held lock. A candidate whose removal would take any protocol using it below its
 A connection that closes while a round is planned (a scorer released it, or a
 task closed it while the round yielded) is no victim from then on, its streams
 count for no protocol, and the target is the count above ``low`` without it. (A
-victim already chosen stays in the plan: whoever applies it skips it.)
+victim already chosen stays in the plan: whoever applies it skips it.) Streams
+opened or closed meanwhile on connections already classified are seen once every
+connection is: their protocols are read again then. Later changes are for whoever
+applies the plan to check.
 """
 
 from __future__ import annotations
