@@ -6,15 +6,15 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from test_prometheus import failing_registry, metrics_server, raw_request
 
 import trio_connmgr as cm
 from trio_connmgr.prometheus import MAX_REQUEST_BYTES, Collector, serve_metrics
@@ -206,25 +206,6 @@ async def test_a_closed_manager_keeps_exporting_its_final_figures() -> None:
 # --------------------------------------------------------------------- HTTP
 
 
-@asynccontextmanager
-async def metrics_server(registry: CollectorRegistry) -> AsyncIterator[int]:
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_metrics, registry)
-        yield port
-        nursery.cancel_scope.cancel()
-
-
-async def raw_request(port: int, data: bytes) -> bytes:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(data)
-        await stream.send_eof()
-        chunks = []
-        while chunk := await stream.receive_some():
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def split_response(answer: bytes) -> tuple[str, dict[str, str], bytes]:
     head, _, body = answer.partition(b"\r\n\r\n")
     status, *lines = head.decode("latin-1").split("\r\n")
@@ -258,13 +239,7 @@ async def test_every_answer_says_the_connection_closes() -> None:
 
 
 async def test_head_answers_have_no_body_whatever_their_status() -> None:
-    class Broken:
-        def collect(self) -> Iterable[Any]:
-            raise RuntimeError("collector bug")
-
-    broken = CollectorRegistry()
-    broken.register(Broken())
-    async with served_manager() as port, metrics_server(broken) as broken_port:
+    async with served_manager() as port, metrics_server(failing_registry()) as broken_port:
         for at, target, code in [
             (port, "/other", "404"),
             (port, "http://[x/metrics", "400"),
@@ -289,13 +264,7 @@ async def test_only_the_exact_path_serves_metrics(target: str) -> None:
 
 
 async def test_a_failing_collection_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    class Broken:
-        def collect(self) -> Iterable[Any]:
-            raise RuntimeError("collector bug")
-
-    registry = CollectorRegistry()
-    registry.register(Broken())
-    async with metrics_server(registry) as port:
+    async with metrics_server(failing_registry()) as port:
         answer = await raw_request(port, b"GET /metrics HTTP/1.1\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 500 ")
     [record] = [r for r in caplog.records if r.name == "trio_connmgr.prometheus"]

@@ -460,14 +460,20 @@ async def test_a_silent_client_is_cut_off(autojump_clock: trio.testing.MockClock
         assert trio.current_time() - start == pytest.approx(REQUEST_DEADLINE)
 
 
-async def test_a_failing_collector_gives_a_500() -> None:
+def failing_registry() -> CollectorRegistry:
+    """A registry whose one collector raises as it is collected."""
+
     class Broken:
         def collect(self) -> Iterable[Any]:
             raise RuntimeError("collector bug")
 
     registry = CollectorRegistry()
     registry.register(Broken())
-    async with metrics_server(registry) as port:
+    return registry
+
+
+async def test_a_failing_collector_gives_a_500() -> None:
+    async with metrics_server(failing_registry()) as port:
         status, _, body = await scrape(port)
     assert (status, body) == (500, b"collecting metrics failed\n")
 
