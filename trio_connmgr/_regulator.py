@@ -370,10 +370,11 @@ class Regulator:
                     )
                     ranked += len(plan.connections)
                     pruned += more
-                shortfall = plan.shortfall
-                grace_ends = plan.grace_ends
                 # (And the victims it skipped last: locked, protected or kept for a
-                # grant.min since it planned, with no plan after that to count them.)
+                # grant.min since it planned, or forced victims left after one of
+                # those, with no plan after that to count them.)
+                shortfall = min(plan.shortfall + skipped, max(0, state.count - state.low))
+                grace_ends = plan.grace_ends
                 unprunable = sum(plan.excluded.values()) + len(plan.min_blocked) + skipped
                 # Connections opened while the round ran, after its last plan: it did
                 # not know them (a round that ran on would never end under an
@@ -481,7 +482,7 @@ class Regulator:
         Forced victims come last in a plan, as nothing else was left: once a
         victim before them has been skipped, that is no longer known (the
         protocols it carries keep what it would have taken), and they are all
-        left for a plan made again.
+        left for a plan made again, counted as skipped.
 
         ``ranked``: ranks this round already gave (the plan's ranks follow them).
         """
@@ -500,7 +501,9 @@ class Regulator:
             if start:
                 await trio.lowlevel.checkpoint()
             stop = min(start + APPLY_CHUNK, len(victims))
-            for victim, reason in zip(victims[start:stop], reasons[start:stop], strict=True):
+            for index, victim, reason in zip(
+                range(start, stop), victims[start:stop], reasons[start:stop], strict=True
+            ):
                 assert victim is not None
                 assert reason is not None
                 if len(connections) <= state.low:
@@ -510,7 +513,9 @@ class Regulator:
                 if reason.forced and not forced_reached:
                     forced_reached = True
                     if skipped:
-                        return pruned, skipped, False
+                        # (Forced victims are all at the end of the plan.)
+                        left = len(victims) - index
+                        return pruned, skipped + left, False
                 # Checkpoints let other tasks run: a victim may have closed,
                 # been locked or protected since planning, or carry a stream
                 # of a protocol it did not carry then. Usage now is the truth.
