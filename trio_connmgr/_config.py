@@ -79,14 +79,23 @@ def check_address(field: str, value: object) -> None:
         raise ConfigError(f"{field} must be a string or None, got {value!r}")
 
 
+def _as_float(value: int | float) -> float:
+    """``float(value)``; an int too large for a float becomes an infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def check_period(field: str, value: object, *, allow_zero: bool = True) -> float:
     """Return ``value`` as a float if it is a finite non-negative number of seconds."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{field} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    number = _as_float(value)
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
         kind = "non-negative" if allow_zero else "positive"
         raise ConfigError(f"{field} must be a finite, {kind} number of seconds, got {value!r}")
-    return float(value)
+    return number
 
 
 def check_fraction(
@@ -115,9 +124,10 @@ def check_positive_float(field: str, value: object) -> float:
     """Return ``value`` as a float if it is a finite number > 0."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{field} must be a positive number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
+    number = _as_float(value)
+    if not math.isfinite(number) or number <= 0:
         raise ConfigError(f"{field} must be a finite, positive number, got {value!r}")
-    return float(value)
+    return number
 
 
 @final

@@ -382,13 +382,15 @@ class DialHealth(Sensor):
 
     def _forget(self, now: float) -> None:
         dials = self._dials
-        while dials and (now - dials[0][0] > self.window or len(dials) > self.MAX_HISTORY):
+        # (`t + window < now`, not `now - t > window`: a dial exactly one window
+        # old stays within it, which the difference may miss by a rounding.)
+        while dials and (dials[0][0] + self.window < now or len(dials) > self.MAX_HISTORY):
             _, ok = dials.popleft()
             if not ok:
                 self._failed -= 1
         latencies = self._latencies
         while latencies and (
-            now - latencies[0][0] > self.window or len(latencies) > self.MAX_HISTORY
+            latencies[0][0] + self.window < now or len(latencies) > self.MAX_HISTORY
         ):
             latencies.popleft()
 
@@ -463,7 +465,8 @@ class LoopLag(Sensor):
 
     def _forget(self, now: float) -> None:
         lags = self._lags
-        while lags and now - lags[0][0] > self.window:
+        # (A lag exactly one window old stays: see DialHealth._forget.)
+        while lags and lags[0][0] + self.window < now:
             lags.popleft()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -550,7 +553,9 @@ class FakeSensor(Sensor):
         """The next scripted reading, or one built from the attributes."""
         self.samples.append(now)
         if self.error is not None:
-            raise self.error
+            # Raised afresh: raising one exception object again would add this
+            # sample's traceback to those of every sample it failed before.
+            raise self.error.with_traceback(None)
         if self.script:
             reading = self.script[0]
             if len(self.script) > 1:
@@ -588,7 +593,8 @@ class Sensing:
 
     A sensor that raises is logged (once per manager) and counted (``errors`` in
     its figures, for this manager); it counts as neither pressure nor ceiling for
-    that interval.
+    that interval. So does one whose ``sample`` returns no :class:`Reading`, or a
+    ceiling too large for a float (its figures are floats).
 
     One ``Sensing`` drives one manager at a time.
 
@@ -772,15 +778,16 @@ class Sensing:
                     raise TypeError(
                         f"{type(sensor).__name__}.sample() must return a Reading, got {reading!r}"
                     )
+                entry = dict(reading.values)
+                entry["pressure"] = float(reading.pressure)
+                if reading.ceiling is not None:
+                    # (OverflowError for a ceiling no float holds, as for values.)
+                    entry["ceiling"] = float(reading.ceiling)
             except Exception:
                 errors = self._error(sensor, "sample")
                 figures[sensor.name] = {"errors": float(errors)}
                 continue
             readings[sensor.name] = reading
-            entry = dict(reading.values)
-            entry["pressure"] = float(reading.pressure)
-            if reading.ceiling is not None:
-                entry["ceiling"] = float(reading.ceiling)
             if sensor.name in self._errors:
                 entry["errors"] = float(self._errors[sensor.name])
             figures[sensor.name] = entry

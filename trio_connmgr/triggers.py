@@ -31,21 +31,26 @@ deterministic under ``trio.testing.MockClock``.
 Hooks run synchronously on the manager's hot paths: keep them O(1). A hook
 that raises is a bug its caller sees: from ``connection_opened``, the
 ``connection()`` or ``track()`` call raises it and nothing is counted; from
-``dial_reported``, ``report_dial()`` raises it; from ``check``, ``next_check`` or
+``dial_reported``, ``report_dial()`` raises it once sensing and the other
+triggers have the dial; from ``check``, ``next_check`` or
 ``round_completed``, the regulator logs and counts a failed round and restarts
-with back-off (repeated failures stop the manager, SPEC §8). A trigger keeps
+with back-off (repeated failures stop the manager, SPEC §8), except that
+``round_completed`` after a round run by ``mgr.trim()`` makes that call raise it
+(the round is recorded first, and the other triggers are told). A trigger keeps
 state (its windows, what it latched, its last round): give each manager its own.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 from typing import final
 
 import attrs
 
 from ._config import check_count, check_open_fraction, check_positive_float
+from ._errors import ConfigError
 
 __all__ = ["FailedDials", "HighWater", "Interval", "Pressure", "Spike", "Trigger", "TriggerView"]
 
@@ -133,14 +138,19 @@ class Spike(Trigger):
     """Fires when more than ``connections`` connections open within ``window`` seconds.
 
     Args:
-        connections: How many openings within the window make a spike.
-        window: Length of the sliding window, in seconds.
+        connections: A spike is more openings than this within the window.
+        window: Length of the sliding window, in seconds (an opening exactly
+            ``window`` seconds old is within it).
     """
 
     name = "spike"
 
     def __init__(self, connections: int, window: float) -> None:
         self.connections = check_count("Spike.connections", connections)
+        if self.connections >= sys.maxsize:  # (it keeps `connections + 1` openings)
+            raise ConfigError(
+                f"Spike.connections must be below {sys.maxsize}, got {connections!r}"
+            )
         self.window = check_positive_float("Spike.window", window)
         # Only the last `connections + 1` openings matter.
         self._opened: deque[float] = deque(maxlen=self.connections + 1)
@@ -150,7 +160,9 @@ class Spike(Trigger):
         """Record an opening; wake the regulator when it completes a spike."""
         opened = self._opened
         opened.append(now)
-        if not self._fired and len(opened) == opened.maxlen and now - opened[0] <= self.window:
+        # (`t + window >= now`, not `now - t <= window`: an opening exactly one
+        # window old is within it, which the difference may miss by a rounding.)
+        if not self._fired and len(opened) == opened.maxlen and opened[0] + self.window >= now:
             self._fired = True
             return True
         return False
@@ -191,7 +203,8 @@ class FailedDials(Trigger):
 
     def _forget(self, now: float) -> None:
         dials = self._dials
-        while dials and now - dials[0][0] > self.window:
+        # (A dial exactly one window old stays: see Spike.connection_opened.)
+        while dials and dials[0][0] + self.window < now:
             _, ok = dials.popleft()
             if not ok:
                 self._failed -= 1

@@ -165,10 +165,19 @@ class TokenBucket:
         self.stamp = now
 
     def take(self, now: float) -> bool:
-        """Spend one token if available; return whether it was."""
+        """Spend one token if available; return whether it was.
+
+        A token is available from :meth:`next_token_at` on, that instant
+        included. That is decided by comparing the times: the tokens refilled
+        up to that instant may fall short of one by a rounding error, which
+        would refuse an attempt made exactly at the rate. (No token is earned
+        without time passing, even when ``1 / rate`` is below the clock's
+        resolution.)
+        """
+        stamp, due = self.stamp, self.next_token_at()
         self.refill(now)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= 1.0 or (stamp < now and due <= now):
+            self.tokens = max(0.0, self.tokens - 1.0)
             return True
         return False
 

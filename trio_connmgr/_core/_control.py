@@ -40,7 +40,12 @@ def _frozen_values(values: Mapping[str, float] | None) -> Mapping[str, float]:
             raise ConfigError(f"Reading.values keys must be strings, got {key!r}")
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"Reading.values[{key!r}] must be a number, got {value!r}")
-        checked[key] = float(value)
+        try:
+            checked[key] = float(value)
+        except OverflowError:  # an int beyond the float range
+            raise ConfigError(
+                f"Reading.values[{key!r}] must be a number within the float range, got {value!r}"
+            ) from None
     return MappingProxyType(checked)
 
 

@@ -191,7 +191,7 @@ def _burst_key(state: State, conn: Connection, now: float) -> tuple[float, str] 
         if latest is None or closed_at > latest:
             latest = closed_at
             protocol = burst.protocol
-    if latest is None or now - latest > state.burst_linger:
+    if latest is None or latest + state.burst_linger < now:  # (the edge is in)
         return None
     return latest, protocol
 

@@ -900,7 +900,7 @@ class State:
         """Drop closed bursts whose linger has passed (they no longer rank first)."""
         lingering = self.lingering
         while lingering and lingering[0].closed_at is not None:
-            if now - lingering[0].closed_at <= self.burst_linger:
+            if lingering[0].closed_at + self.burst_linger >= now:
                 break
             burst = lingering.popleft()
             for conn in burst._connections:

@@ -229,7 +229,7 @@ def snapshot(state: State, **extra: Any) -> Statistics:
     # linger on, and are not those of a new enrollment under the same name.
     lingering: dict[EnrollmentState, int] = {}
     for burst in state.lingering:
-        if burst.closed_at is not None and now - burst.closed_at <= linger:
+        if burst.closed_at is not None and burst.closed_at + linger >= now:
             member = burst._member
             lingering[member] = lingering.get(member, 0) + 1
     rounds = state.rounds
