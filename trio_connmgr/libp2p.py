@@ -74,14 +74,53 @@ def _connection_direction(conn: INetConn) -> Direction:
     return Direction.INBOUND if initiator is False else Direction.OUTBOUND
 
 
+def _multiaddr_ip(maddr: object) -> str | None:
+    """The IP address a multiaddr begins with, or ``None``.
+
+    ``/ip6zone/eth0/ip6/fe80::1/...`` gives ``"fe80::1%eth0"`` (the form a
+    socket reports a scoped address in; admission matches the address, without
+    the zone). Read from the text form: multiaddr 0.2 decodes an ``ip6zone``
+    component's value as one more protocol (``protocols()`` and
+    ``value_for_protocol("ip4")`` find a bogus ``ip4`` in ``eth0``).
+    """
+    parts = str(maddr).split("/")
+    zone = None
+    if len(parts) >= 3 and parts[0] == "" and parts[1] == "ip6zone":
+        zone = parts[2]
+        parts = parts[2:]
+    if len(parts) < 3 or parts[1] not in ("ip4", "ip6") or not parts[2]:
+        return None
+    if zone is None:
+        return parts[2]
+    if parts[1] != "ip6" or not zone:
+        return None
+    return f"{parts[2]}%{zone}"
+
+
 def _remote_ip(conn: INetConn) -> str | None:
-    get_remote = getattr(conn.muxed_conn, "get_remote_address", None)
+    """The remote IP address of ``conn``, or ``None``.
+
+    From the transport's remote endpoint; failing that (py-libp2p's WebRTC
+    connections give none), from the muxed connection's transport multiaddrs
+    (not the swarm connection's, which fall back to the addresses the peer
+    advertised).
+    """
+    muxed = conn.muxed_conn
+    get_remote = getattr(muxed, "get_remote_address", None)
     try:
         remote = get_remote() if callable(get_remote) else None
     except Exception:
-        return None
-    if isinstance(remote, tuple | list) and len(remote) >= 2:
+        remote = None
+    if isinstance(remote, tuple | list) and len(remote) >= 2 and remote[0]:
         return str(remote[0])
+    get_addresses = getattr(muxed, "get_transport_addresses", None)
+    try:
+        for maddr in (get_addresses() if callable(get_addresses) else None) or ():
+            ip = _multiaddr_ip(maddr)
+            if ip is not None:
+                return ip
+    except Exception:
+        pass
     return None
 
 
@@ -320,11 +359,25 @@ class Attachment:
             self._forget(conn)
 
     async def _close_refused(self, conn: INetConn) -> None:
-        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as graceful:
             try:
                 await conn.close()
             except Exception:
                 logger.exception("closing a refused connection failed")
+        if graceful.cancelled_caught:
+            # Cut short, py-libp2p's close leaves the connection in the swarm,
+            # marked closed, so that no later close() does anything.
+            logger.warning(
+                "closing a refused py-libp2p connection of %s did not finish within %ss "
+                "(does the peer read?): closing its transport",
+                conn.muxed_conn.peer_id,
+                CLOSE_TIMEOUT,
+            )
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                try:
+                    await _abort(conn)
+                except Exception:
+                    logger.exception("closing a refused connection failed")
         # Its disconnected notification may never come. Once closed, it cannot be
         # adopted again; if it is still open after all, the sweep refuses it again.
         self._refused.discard(conn)
@@ -421,10 +474,19 @@ class Attachment:
             or any(not c.is_closed for c in swarm.get_connections(peer_id))
             # Fails at once from py-libp2p's negative cache: nothing is dialled.
             or (cache is not None and cache.is_blocked(str(peer_id)))
-            # Waits for another task's dial, which reports itself.
-            or peer_id in getattr(swarm, "_ongoing_dials", {})
         ):
             return await original(peer_id)
+        if peer_id in getattr(swarm, "_ongoing_dials", {}):
+            # Waits for another task's dial, which reports itself. If that dial
+            # leaves no live connection, py-libp2p dials again in this call (the
+            # negative cache is not looked at again): a failure of that dial is
+            # reported, without a latency (when it began is not known).
+            try:
+                return await original(peer_id)
+            except SwarmDialAllFailedError:
+                if not self.closed:
+                    self._manager.report_dial(peer_id, ok=False)
+                raise
         dial = _Dial(trio.current_time())
         self._dials.setdefault(peer_id, []).append(dial)
         try:
@@ -459,6 +521,26 @@ def _service_running(swarm: Any) -> bool:
         return bool(get_manager().is_running)
     except Exception:  # LifecycleError: it never ran
         return False
+
+
+def _runs_auto_connect_loop(nursery: trio.Nursery, connector: Any) -> bool:
+    """Whether a task of ``nursery`` runs ``connector``'s periodic loop.
+
+    ``AutoConnector.stop()`` only asks the loop to end: a loop busy in a cycle
+    (dialling) ends after it, and only if the connector is still stopped then.
+    """
+    loop = getattr(type(connector), "_periodic_check_task", None)
+    code = getattr(loop, "__code__", None)
+    for task in nursery.child_tasks:
+        frame = getattr(task.coro, "cr_frame", None)
+        if (
+            code is not None
+            and getattr(task.coro, "cr_code", None) is code
+            and frame is not None
+            and frame.f_locals.get("self") is connector
+        ):
+            return True
+    return False
 
 
 def _check_settings(swarm: Any, manager: ConnectionManager) -> None:
@@ -579,9 +661,14 @@ async def attach(host: IHost, manager: ConnectionManager) -> AsyncIterator[Attac
                 if pruner_was_started:
                     await pruner.start()
                 if connector_was_started and not getattr(swarm, "_closing", False):
-                    await connector.start()
                     background = getattr(swarm, "background_nursery", None)
-                    if background is not None:
+                    # A loop still in the cycle it was in when attach() stopped it
+                    # goes on once the connector is started again: no second one.
+                    running = background is not None and _runs_auto_connect_loop(
+                        background, connector
+                    )
+                    await connector.start()
+                    if background is not None and not running:
                         await connector.run_background_task(background)
     if body_error is not None:
         raise body_error
