@@ -146,22 +146,26 @@ async def test_a_round_that_only_revoked_locks_starts_the_silence_period(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     # At hard, a round revokes the locks of p's two connections, then cannot
-    # prune them (p would go below its grant.min); the other two are of a
-    # protected peer. It changed something all the same: the next round, once
-    # the count is under hard and the protection lifted, waits the silence period.
+    # prune them (their holders protect them as they learn of it); the other two
+    # are of a protected peer. It changed something all the same: the next
+    # round, once the count is under hard and that protection lifted, waits the
+    # silence period.
     async with (
         cm.open_connection_manager(
             limits=cm.Limits(1, 2, hard=4), grace_period=0, silence_period=10, lock_budget=2
         ) as mgr,
-        mgr.enroll("p", quota=cm.Quota(2, 2)) as p,
+        mgr.enroll("p", quota=cm.Quota(0, 2)) as p,
         record_rounds(mgr) as rounds,
         trio.open_nursery() as nursery,
     ):
         mgr.protect("kept", "test")
         locks: list[cm.Lock] = []
 
+        def keep(lock: cm.Lock) -> None:
+            mgr.protect(lock.stream.connection.peer, "revoked")
+
         async def hold(conn: cm.Connection, task_status: trio.TaskStatus[None]) -> None:
-            async with p.lock(p.track_stream(conn), ttl=1000) as lock:
+            async with p.lock(p.track_stream(conn), ttl=1000, on_revoke=keep) as lock:
                 locks.append(lock)
                 task_status.started()
                 await lock.wait_revoked()

@@ -476,7 +476,7 @@ class CoreMachine(RuleBasedStateMachine):
     @rule(wanted=st.integers(1, 3))
     def revoke(self, wanted: int) -> None:
         state = self.state
-        chosen = lock_revocations(state, self.now, wanted)
+        chosen = lock_revocations(state, self.now, wanted, forced=True)
         candidates = [
             c
             for c in self.open_conns

@@ -60,14 +60,20 @@ class Enrollment(EnrollmentState):
     # ------------------------------------------------------------------ tasks
 
     def _open_nursery(self) -> trio.Nursery:
-        if self._nursery is None:
+        # Closed with its nursery still open: the manager's exit closed it while
+        # its block is still exiting (the nursery cancelled, its tasks finishing).
+        if self._nursery is None or self.closed:
             raise ResourceClosed(f"enrollment {self.name!r} has left")
         return self._nursery
 
     def start_soon(
         self, fn: Callable[..., Awaitable[object]], *args: Any, name: object = None
     ) -> None:
-        """Start ``fn(*args)`` in the enrollment's nursery (cancelled when it leaves)."""
+        """Start ``fn(*args)`` in the enrollment's nursery (cancelled when it leaves).
+
+        Raises:
+            ResourceClosed: The enrollment has left.
+        """
         self._open_nursery().start_soon(fn, *args, name=name)
 
     async def start(
@@ -78,7 +84,7 @@ class Enrollment(EnrollmentState):
         Raises:
             ResourceClosed: The enrollment has left (after a checkpoint).
         """
-        if self._nursery is None:
+        if self._nursery is None or self.closed:
             await trio.lowlevel.checkpoint()
         return await self._open_nursery().start(fn, *args, name=name)
 

@@ -516,7 +516,10 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
     replayed, by kind), ``version``, ``time`` (of the last line) and ``truncated``.
 
     Protocols stay in ``protocols`` after they leave (a trace has no event for
-    leaving); streams are not traced, so usage and stream counts are not replayed.
+    leaving), and one that enrols again under the same name carries on with its
+    figures (:meth:`ConnectionManager.statistics` counts from zero for the new
+    enrollment); streams are not traced, so usage and stream counts are not
+    replayed.
 
     Raises:
         ValueError: A line is not a JSON object with a ``kind``, lacks a field the

@@ -127,7 +127,16 @@ def _carries_cancelled(exc: BaseException) -> bool:
 class _ConnectionContext:
     """``async with mgr.connection(...)``: see :meth:`ConnectionManager.connection`."""
 
-    __slots__ = ("_address", "_checkpoint", "_conn", "_direction", "_manager", "_peer", "_scope")
+    __slots__ = (
+        "_address",
+        "_checkpoint",
+        "_conn",
+        "_direction",
+        "_entered",
+        "_manager",
+        "_peer",
+        "_scope",
+    )
     # Set by __aenter__ (``async with`` never calls __aexit__ without it).
     _conn: Connection
     _scope: trio.CancelScope
@@ -146,6 +155,7 @@ class _ConnectionContext:
         self._address = address
         # False only for adapters that have just had a schedule point.
         self._checkpoint = checkpoint
+        self._entered = False
 
     async def __aenter__(self) -> Connection:
         if self._checkpoint:
@@ -154,11 +164,16 @@ class _ConnectionContext:
             # Just after a checkpoint (an accept, a dial): no schedule point
             # again, but a cancelled caller is not admitted.
             await trio.lowlevel.checkpoint_if_cancelled()
+        if self._entered:
+            # A second connection and scope would replace the first's: that
+            # connection would stay counted, and the scopes would exit out of order.
+            raise ConfigError("this connection context is already entered")
         scope = trio.CancelScope()
         conn = self._manager._admit(self._peer, self._direction, self._address, scope)
         scope.__enter__()
         self._conn = conn
         self._scope = scope
+        self._entered = True
         return conn
 
     async def __aexit__(
@@ -167,6 +182,7 @@ class _ConnectionContext:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
+        self._entered = False
         conn = self._conn
         if not conn.closed:
             conn._scope = None
@@ -420,7 +436,12 @@ class ConnectionManager:
             assert isinstance(member, Enrollment)
             if member._nursery is not None:
                 member._nursery.cancel_scope.cancel("connection manager closed")
-            state.leave(member)
+            try:
+                state.leave(member)
+            finally:
+                # Its block may take a while yet to exit (its tasks finishing):
+                # tasks waiting for its grant to change learn now that it has left.
+                member._left()
 
         # (A trace writer raising what it must not catch meanwhile, such as a
         # KeyboardInterrupt from its file, is held by the hub until the end.)
@@ -645,12 +666,18 @@ class ConnectionManager:
         if self._state.closed:
             return
         now = trio.current_time()
-        for trigger in self._regulator.dial_hooks:
-            if trigger.dial_reported(ok, latency, now):
-                # (Before any later hook may raise: the wake-up stands.)
-                self._regulator.fired(trigger)
         if self._sensing is not None:
+            # (It never raises: a sensor that does is counted.)
             self._sensing.dial_reported(ok, latency, now)
+        regulator = self._regulator
+
+        def tell(trigger: Trigger) -> None:
+            if trigger.dial_reported(ok, latency, now):
+                regulator.fired(trigger)
+
+        # Every trigger is told even if one's hook raises (a bug its caller sees,
+        # raised after): the dial happened all the same.
+        call_each(tell, regulator.dial_hooks)
 
     async def trim(self, *, force: bool = False) -> list[Connection]:
         """Run one regulation round now; return the connections it pruned.
@@ -765,7 +792,7 @@ class ConnectionManager:
             # is short of (SPEC §6), lowest tally first, as the regulator does.
             plan = plan_now(state, now, trigger="explain")
             wanted = plan.shortfall - plan.excluded.get("grace", 0)
-            revocable = wanted > 0 and conn in lock_revocations(state, now, wanted)
+            revocable = wanted > 0 and conn in lock_revocations(state, now, wanted, forced=False)
         if conn.closed and why != "closed":
             # A scorer closed it while it was being scored: report what is now true.
             why, safe, value, reason, min_blocked = "closed", [], None, None, False

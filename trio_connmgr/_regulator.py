@@ -85,15 +85,21 @@ def below_min(conn: Connection) -> bool:
 
 
 def lock_revocations(
-    state: State, now: float, wanted: int, spared: Container[Connection] = ()
+    state: State,
+    now: float,
+    wanted: int,
+    spared: Container[Connection] = (),
+    *,
+    forced: bool,
 ) -> list[Connection]:
     """Locked connections whose locks to revoke, lowest tally first.
 
     Only connections that revocation would make prunable (not protected, not in
-    grace) are considered, and those whose pruning would take a protocol below its
-    ``grant.min`` come last: revoking their locks spares nothing unless a forced
-    round goes below a grant.min, its last resort. ``spared``: connections left
-    out (locked again since the round revoked their locks).
+    grace) are considered. Those whose pruning would take a protocol below its
+    ``grant.min`` are left out, unless ``forced``: a normal round would keep them
+    all the same. A forced round takes them last, as going below a grant.min is
+    its last resort. ``spared``: connections left out (locked again since the
+    round revoked their locks).
     """
     locked = [
         conn
@@ -102,8 +108,12 @@ def lock_revocations(
         and conn.peer not in state.protected
         and now >= conn.opened_at + state.grace_period  # (as in exclusion())
         and conn not in spared
+        and (forced or not below_min(conn))
     ]
-    locked.sort(key=lambda conn: (below_min(conn), tally(conn), conn.id))
+    if forced:
+        locked.sort(key=lambda conn: (below_min(conn), tally(conn), conn.id))
+    else:
+        locked.sort(key=lambda conn: (tally(conn), conn.id))
     return locked[:wanted]
 
 
@@ -246,7 +256,7 @@ class Regulator:
             except Exception as exc:
                 now = trio.current_time()
                 failures.append(now)
-                while failures and now - failures[0] > self.failure_window:
+                while failures and failures[0] + self.failure_window < now:
                     failures.popleft()
                 self._state.rounds.failures += 1
                 logger.exception(
@@ -353,6 +363,9 @@ class Regulator:
                 # taking a protocol below a grant.min: those victims stay the last).
                 refills = 0
                 ranked = len(plan.connections)  # ranks given so far
+                # The first rank of each plan made again: SPEC §8's order holds
+                # within each plan, not across them (RoundCompleted.replan_ranks).
+                replan_ranks: list[int] = []
                 while (
                     skipped and not last_resort and refills < REFILLS and state.count > state.low
                 ):
@@ -365,6 +378,7 @@ class Regulator:
                         plan, mark, now, trigger, revoked_on, forced=forced, emergency=emergency
                     )
                     revoked += more
+                    replan_ranks.append(ranked + 1)
                     more, skipped, last_resort = await self._apply(
                         plan, now, phases, collect, ranked
                     )
@@ -395,6 +409,7 @@ class Regulator:
                     end,
                     unprunable,
                     arrived,
+                    tuple(replan_ranks),
                 )
                 if pruned or revoked:
                     # The silence period lets the effects of a round settle; a round
@@ -452,7 +467,7 @@ class Regulator:
             # soon: revoke locks only for the shortfall grace cannot explain.
             wanted -= plan.excluded.get("grace", 0)
         if wanted > 0 and (forced or emergency or self.pressure):
-            for conn in lock_revocations(state, now, wanted, revoked_on):
+            for conn in lock_revocations(state, now, wanted, revoked_on, forced=forced):
                 revoked_on.add(conn)
                 for lock in list(conn._locks):
                     revoked += state.end_lock(lock, "revoked")
@@ -550,6 +565,7 @@ class Regulator:
         now: float,
         unprunable: int,
         arrived: int,
+        replan_ranks: tuple[int, ...],
     ) -> None:
         state = self._state
         rounds = state.rounds
@@ -591,5 +607,6 @@ class Regulator:
                     revoked,
                     unprunable,
                     arrived,
+                    replan_ranks,
                 )
             )

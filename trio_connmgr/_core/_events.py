@@ -129,6 +129,14 @@ class RoundCompleted(Event):
         arrived: Connections opened while it ran, after it last planned, and
             still open at its end: it did not know them. Invariant 1 says
             ``count_after - arrived <= max(low, unprunable)``.
+        replan_ranks: Where each plan it made again begins: the rank given to
+            that plan's first victim, in order (empty if it planned once). A
+            round plans again, a bounded number of times, when it skipped
+            victims as it applied (locked, protected or needed for a
+            ``grant.min`` meanwhile); each plan orders its own victims (SPEC
+            §8), ranked after those of the plans before it, so a burst-only
+            connection that became prunable meanwhile may follow an earlier
+            plan's victims (invariant 4 holds within each plan).
     """
 
     kind: ClassVar[str] = "round_completed"
@@ -143,6 +151,7 @@ class RoundCompleted(Event):
     revoked_locks: int
     unprunable: int = 0
     arrived: int = 0
+    replan_ranks: tuple[int, ...] = ()
 
 
 @final

@@ -216,9 +216,11 @@ class FakeConnections:
     ) -> list[Connection]:
         """Open ``n`` connections with default peer ids, one after the other.
 
-        Raises :class:`ConfigError` unless ``n`` is an int >= 0.
+        Always checkpoints. Raises :class:`ConfigError` unless ``n`` is an int >= 0.
         """
         peers = _fresh_peers(manager, self.peers, check_count("open_many n", n, allow_zero=True))
+        if not peers:
+            await trio.lowlevel.checkpoint()
         return [await self.open(manager, p, direction=direction, address=address) for p in peers]
 
     def track(
@@ -309,6 +311,8 @@ async def open_fake_connections(
     its task is awaited; tracked connections are released. Entering checkpoints;
     exiting waits for the holding tasks (they end at once).
     """
+    # (Opening a nursery does not checkpoint.)
+    await trio.lowlevel.checkpoint()
     async with trio.open_nursery() as nursery:
         connections = FakeConnections(nursery, prefix=prefix, peers=peers)
         try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._config import Direction
+from .._config import Direction, check_bool
 from .._core._events import RoundCompleted
 from .._core._planner import Phase
 from .._core._quota import allocate
@@ -66,10 +67,12 @@ def check_invariants(
       round completed, and also: each pruned connection is closed as
       ``"pruned"`` with no open stream, was past its grace period, was not of
       a protected peer nor under a held lock when pruned, victims have
-      distinct ranks with burst-phase victims first, and only a forced round
-      took a protocol below its ``grant.min`` (each such take marked forced),
-      after every other victim (a burst-only connection taken that way comes
-      last, as the last resort);
+      distinct ranks with burst-phase victims first within each plan of the
+      round (a round that skipped victims as it applied plans again, and
+      ``RoundCompleted.replan_ranks`` says where each plan made again begins),
+      and only a forced round took a protocol below its ``grant.min`` (each
+      such take marked forced), after every other victim (a burst-only
+      connection taken that way comes last, as the last resort);
     - **a closed manager** (§12.8): no connection, no enrollment left.
 
     Args:
@@ -88,8 +91,10 @@ def check_invariants(
         AssertionError: listing every violation found, one per line, for example
             ``"usage of '/kad' is 3 but its open streams are on 2 connections"``.
         ConfigError: if ``last_round`` is of another type (say, the
-            :class:`RoundRecorder` itself rather than its ``last``).
+            :class:`RoundRecorder` itself rather than its ``last``), or
+            ``allow_round_failures`` is not a bool.
     """
+    check_bool("check_invariants allow_round_failures", allow_round_failures)
     if not isinstance(last_round, RoundResult | RoundCompleted | _Omitted | None):
         raise ConfigError(
             "check_invariants last_round must be a RoundResult, a RoundCompleted event "
@@ -352,16 +357,26 @@ def _check_round(
         problems.append(f"round {completed.number} gave duplicate ranks {sorted(ranks)}")
     # Victims taken below a grant.min (forced rounds only) are the last resort:
     # they come after every other victim, whatever their phase, so invariant 4
-    # orders the others only.
+    # orders the others only, within each plan of the round: a plan made again
+    # for victims skipped as it applied ranks its own burst-only victims first,
+    # after the earlier plans' victims (``replan_ranks`` says where each begins).
     reasons = [c.prune_reason for c in pruned if c.prune_reason is not None]
     forced = [r.rank for r in reasons if r.forced]
     burst = [r.rank for r in reasons if not r.forced and r.phase is Phase.BURST]
     other = [r.rank for r in reasons if not r.forced and r.phase is not Phase.BURST]
-    if burst and other and max(burst) > min(other):
-        problems.append(
-            f"round {completed.number} pruned a burst-only connection (rank {max(burst)}) after "
-            f"another victim (rank {min(other)}) (invariant 4)"
-        )
+    starts = completed.replan_ranks
+    for plan in range(len(starts) + 1):
+        first = starts[plan - 1] if plan else -math.inf
+        end = starts[plan] if plan < len(starts) else math.inf
+        plan_burst = [rank for rank in burst if first <= rank < end]
+        plan_other = [rank for rank in other if first <= rank < end]
+        if plan_burst and plan_other and max(plan_burst) > min(plan_other):
+            made_again = f" in the plan it made again from rank {first}" if plan else ""
+            problems.append(
+                f"round {completed.number} pruned a burst-only connection (rank "
+                f"{max(plan_burst)}) after another victim (rank {min(plan_other)}){made_again} "
+                "(invariant 4)"
+            )
     if forced and (burst or other) and min(forced) < max(burst + other):
         problems.append(
             f"round {completed.number} took a connection below a grant.min (rank "

@@ -99,7 +99,12 @@ class ManagerFactory:
         raise ConfigError(f"{manager!r} was not opened by this factory")
 
     async def aclose(self) -> None:
-        """Close every manager still open, newest first, and wait for each."""
+        """Close every manager still open, newest first, and wait for each.
+
+        Always checkpoints.
+        """
+        if not self._opened:
+            await trio.lowlevel.checkpoint()
         for opened in reversed(self._opened):
             opened.release.set()
             await _wait_closed(opened)
@@ -126,8 +131,10 @@ async def open_manager_factory() -> AsyncIterator[ManagerFactory]:
     Exiting closes every manager still open, newest first, and waits for them
     (closing a manager awaits its tracked connections' ``close()`` callbacks;
     under a manual ``MockClock`` it moves the clock for those that sleep, from
-    deadline to deadline, as :func:`advance` does).
+    deadline to deadline, as :func:`advance` does). Entering checkpoints.
     """
+    # (Opening a nursery does not checkpoint.)
+    await trio.lowlevel.checkpoint()
     async with trio.open_nursery() as nursery:
         factory = ManagerFactory(nursery)
         try:

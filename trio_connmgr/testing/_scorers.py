@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, final
 
 import attrs
 
-from .._config import check_count
+from .._config import check_count, check_fraction
 
 if TYPE_CHECKING:
     from .._core._state import Stream
@@ -29,12 +29,24 @@ class TestScorer:
         raise NotImplementedError
 
 
+def _constant_value(value: object) -> float:
+    return check_fraction("ConstantScorer.value", value)
+
+
+def _metadata_default(value: object) -> float:
+    return check_fraction("MetadataScorer.default", value)
+
+
 @final
 @attrs.frozen
 class ConstantScorer(TestScorer):
-    """Returns ``value`` for every stream."""
+    """Returns ``value`` for every stream.
 
-    value: float
+    ``value`` must be a number in ``[0, 1]`` (else :class:`~trio_connmgr.ConfigError`:
+    this scorer is well-behaved; :class:`GarbageScorer` returns anything).
+    """
+
+    value: float = attrs.field(converter=_constant_value)
 
     def __call__(self, stream: Stream) -> float:
         """Return ``value``."""
@@ -56,10 +68,13 @@ class IdScorer(TestScorer):
 @final
 @attrs.frozen
 class MetadataScorer(TestScorer):
-    """Returns ``stream.metadata[key]`` if set (the protocol's own rating), else ``default``."""
+    """Returns ``stream.metadata[key]`` if set (the protocol's own rating), else ``default``.
+
+    ``default`` must be a number in ``[0, 1]`` (else :class:`~trio_connmgr.ConfigError`).
+    """
 
     key: str = "score"
-    default: float = 0.5
+    default: float = attrs.field(default=0.5, converter=_metadata_default)
 
     def __call__(self, stream: Stream) -> float:
         """Return the stored score, or the default."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, final
 import attrs
 import trio
 
-from .._config import Quota
+from .._config import Quota, check_bool, check_count, check_period
 from .._errors import ConnectionRefused, LockDenied, QuotaDenied
 from ._connections import FakeConnections, open_fake_connections
 from ._invariants import check_invariants
@@ -40,6 +40,21 @@ PROTOCOLS = ("/proto/a", "/proto/b", "/proto/c", "/proto/d")
 
 class Op:
     """Base class of workload operations (frozen attrs classes)."""
+
+
+# Fields the runner reads itself (the manager checks the others as they are used):
+# a bad value is a ConfigError as the operation is built, never a silent surprise
+# (``bool("no")`` is true: a flag is never converted).
+def _flag(instance: Op, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_bool(f"{type(instance).__name__}.{attribute.name}", value)
+
+
+def _count(instance: Op, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_count(f"{type(instance).__name__}.{attribute.name}", value, allow_zero=True)
+
+
+def _period(instance: Op, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_period(f"{type(instance).__name__}.{attribute.name}", value)
 
 
 @final
@@ -65,12 +80,16 @@ class Leave(Op):
 @final
 @attrs.frozen
 class Connect(Op):
-    """Open ``count`` connections; ``tracked`` ones go through ``mgr.track`` (with ``close()``)."""
+    """Open ``count`` connections; ``tracked`` ones go through ``mgr.track`` (with ``close()``).
 
-    count: int = 1
+    ``count`` is an int >= 0 (0: skipped), ``tracked`` a bool and ``close_delay``
+    (the ``close()`` of tracked ones) seconds >= 0; else :class:`ConfigError`.
+    """
+
+    count: int = attrs.field(default=1, validator=_count)
     direction: str = "inbound"
-    tracked: bool = False
-    close_delay: float = 0.0
+    tracked: bool = attrs.field(default=False, validator=_flag)
+    close_delay: float = attrs.field(default=0.0, validator=_period)
 
 
 @final
@@ -89,7 +108,7 @@ class OpenStream(Op):
 
     protocol: int
     connection: int
-    in_burst: bool = False
+    in_burst: bool = attrs.field(default=False, validator=_flag)
     direction: str = "outbound"
 
 
@@ -149,7 +168,7 @@ class Protect(Op):
     """Protect (or unprotect) a live connection's peer under the tag ``"workload"``."""
 
     connection: int
-    protect: bool = True
+    protect: bool = attrs.field(default=True, validator=_flag)
 
 
 @final
@@ -447,7 +466,9 @@ async def run_workload(
 
     Raises:
         AssertionError: an invariant does not hold (with the step and operation).
+        ConfigError: ``check`` is not a bool.
     """
+    check_bool("run_workload check", check)
     report = WorkloadReport()
     failure: Exception | None = None
     async with (
