@@ -14,7 +14,7 @@ import math
 import pytest
 
 import trio_connmgr as cm
-from trio_connmgr.testing import ConstantScorer, MetadataScorer
+from trio_connmgr.testing import ConstantScorer, IdScorer, MetadataScorer
 
 BAD = [1.5, -0.1, math.nan, math.inf, "0.5", True, None]
 
@@ -35,3 +35,14 @@ def test_the_ends_of_0_1_are_scores() -> None:
     assert ConstantScorer(0).value == 0.0
     assert ConstantScorer(1).value == 1.0
     assert MetadataScorer(default=1).default == 1.0
+
+
+@pytest.mark.parametrize("salt", [math.nan, 1.5, "1", True, 2**53, -(2**53)])
+def test_an_id_scorer_refuses_a_salt_that_is_no_small_integer(salt: object) -> None:
+    with pytest.raises(cm.ConfigError, match=r"IdScorer\.salt must be an integer"):
+        IdScorer(salt)  # type: ignore[arg-type]
+
+
+def test_an_id_scorer_takes_any_integer_salt_a_float_tells_apart() -> None:
+    assert IdScorer(2**53 - 1).salt == 2**53 - 1
+    assert IdScorer(-7).salt == -7

@@ -29,6 +29,11 @@ from trio_connmgr.testing import workload as w
         (lambda: w.OpenStream(0, 0, in_burst="no"), "OpenStream.in_burst", "'no'"),
         (lambda: w.Protect(0, protect="no"), "Protect.protect", "'no'"),
         (lambda: w.Protect(0, protect=0), "Protect.protect", "0"),
+        (lambda: w.Enrol(1.5, cm.Quota(1, 2)), "Enrol.protocol", "1.5"),  # type: ignore[arg-type]
+        (lambda: w.Leave("0"), "Leave.protocol", "'0'"),  # type: ignore[arg-type]
+        (lambda: w.OpenStream(0, None), "OpenStream.connection", "None"),  # type: ignore[arg-type]
+        (lambda: w.CloseStream(True), "CloseStream.stream", "True"),
+        (lambda: w.Unlock(0.0), "Unlock.lock", "0.0"),  # type: ignore[arg-type]
     ],
 )
 def test_a_bad_field_is_refused_as_the_operation_is_built(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, final
 import attrs
 
 from .._config import check_count, check_fraction
+from .._errors import ConfigError
 
 if TYPE_CHECKING:
     from .._core._state import Stream
@@ -37,6 +38,13 @@ def _metadata_default(value: object) -> float:
     return check_fraction("MetadataScorer.default", value)
 
 
+def _salt(value: object) -> int:
+    # (Beyond 2**53 a float no longer tells neighbouring salts apart.)
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) >= 2**53:
+        raise ConfigError(f"IdScorer.salt must be an integer in (-2**53, 2**53), got {value!r}")
+    return value
+
+
 @final
 @attrs.frozen
 class ConstantScorer(TestScorer):
@@ -56,9 +64,13 @@ class ConstantScorer(TestScorer):
 @final
 @attrs.frozen
 class IdScorer(TestScorer):
-    """A deterministic spread of scores in ``[0, 1)``, from the stream id and ``salt``."""
+    """A deterministic spread of scores in ``[0, 1)``, from the stream id and ``salt``.
 
-    salt: int = 0
+    ``salt`` must be an integer in (-2**53, 2**53) (else
+    :class:`~trio_connmgr.ConfigError`).
+    """
+
+    salt: int = attrs.field(default=0, converter=_salt)
 
     def __call__(self, stream: Stream) -> float:
         """Return a pseudo-random but reproducible score for ``stream``."""

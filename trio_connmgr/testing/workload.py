@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from .._config import Quota, check_bool, check_count, check_period
-from .._errors import ConnectionRefused, LockDenied, QuotaDenied
+from .._errors import ConfigError, ConnectionRefused, LockDenied, QuotaDenied
 from ._connections import FakeConnections, open_fake_connections
 from ._invariants import check_invariants
 from ._time import RoundRecorder, advance, force_round, record_rounds, settle, wait_idle
@@ -57,12 +57,20 @@ def _period(instance: Op, attribute: attrs.Attribute[Any], value: object) -> Non
     check_period(f"{type(instance).__name__}.{attribute.name}", value)
 
 
+def _index(instance: Op, attribute: attrs.Attribute[Any], value: object) -> None:
+    # Any integer: it is taken modulo the number of live things it names.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(
+            f"{type(instance).__name__}.{attribute.name} must be an integer index, got {value!r}"
+        )
+
+
 @final
 @attrs.frozen
 class Enrol(Op):
     """Enrol ``PROTOCOLS[protocol]`` (skipped if already enrolled)."""
 
-    protocol: int
+    protocol: int = attrs.field(validator=_index)
     quota: Quota
     scorer: Any = None
     weight: float = 1.0
@@ -74,7 +82,7 @@ class Enrol(Op):
 class Leave(Op):
     """An enrolled protocol leaves (its streams close, its locks end, its quota returns)."""
 
-    protocol: int
+    protocol: int = attrs.field(validator=_index)
 
 
 @final
@@ -97,7 +105,7 @@ class Connect(Op):
 class Disconnect(Op):
     """The remote side closes a live connection (``released`` if tracked)."""
 
-    connection: int
+    connection: int = attrs.field(validator=_index)
 
 
 @final
@@ -106,8 +114,8 @@ class OpenStream(Op):
     """An enrolled protocol opens a stream on a live connection (in its newest open burst
     if ``in_burst`` and it has one)."""
 
-    protocol: int
-    connection: int
+    protocol: int = attrs.field(validator=_index)
+    connection: int = attrs.field(validator=_index)
     in_burst: bool = attrs.field(default=False, validator=_flag)
     direction: str = "outbound"
 
@@ -117,7 +125,7 @@ class OpenStream(Op):
 class CloseStream(Op):
     """Close one of the open streams opened by the workload."""
 
-    stream: int
+    stream: int = attrs.field(validator=_index)
 
 
 @final
@@ -125,7 +133,7 @@ class CloseStream(Op):
 class Touch(Op):
     """Record activity on an open stream (``stream.touch(nbytes)``)."""
 
-    stream: int
+    stream: int = attrs.field(validator=_index)
     nbytes: int = 0
 
 
@@ -134,7 +142,7 @@ class Touch(Op):
 class LockStream(Op):
     """Lock an open stream's connection for ``ttl`` seconds (``LockDenied`` is recorded)."""
 
-    stream: int
+    stream: int = attrs.field(validator=_index)
     ttl: float = 10.0
 
 
@@ -143,7 +151,7 @@ class LockStream(Op):
 class Unlock(Op):
     """Release one of the locks the workload holds."""
 
-    lock: int
+    lock: int = attrs.field(validator=_index)
 
 
 @final
@@ -151,7 +159,7 @@ class Unlock(Op):
 class OpenBurst(Op):
     """An enrolled protocol opens a burst."""
 
-    protocol: int
+    protocol: int = attrs.field(validator=_index)
 
 
 @final
@@ -159,7 +167,7 @@ class OpenBurst(Op):
 class CloseBurst(Op):
     """An enrolled protocol closes its oldest open burst."""
 
-    protocol: int
+    protocol: int = attrs.field(validator=_index)
 
 
 @final
@@ -167,7 +175,7 @@ class CloseBurst(Op):
 class Protect(Op):
     """Protect (or unprotect) a live connection's peer under the tag ``"workload"``."""
 
-    connection: int
+    connection: int = attrs.field(validator=_index)
     protect: bool = attrs.field(default=True, validator=_flag)
 
 
