@@ -228,3 +228,20 @@ async def test_other_arguments_rejected() -> None:
 )
 def test_policy_objects_rejected(make: Callable[[], object], fragments: tuple[str, ...]) -> None:
     check_error(make, *fragments)
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: cm.Quota(2, 0.5), "Quota.max"),
+        (lambda: cm.Quota(0.5, 0.2), "Quota.min"),
+        (lambda: cm.Quota(1.0, 5), "Quota.min"),
+        (lambda: cm.Quota(0.5, math.nan), "Quota.min"),
+    ],
+)
+def test_a_quota_is_not_pointed_to_a_share_that_would_fail_too(
+    build: Callable[[], object], field: str
+) -> None:
+    with pytest.raises(cm.ConfigError, match=rf"^{field} must be an integer") as info:
+        build()
+    assert "Quota.share" not in str(info.value)

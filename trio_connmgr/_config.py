@@ -218,7 +218,7 @@ class Quota:
             check_fraction("Quota.max", self.max)
         else:
             for field, value in (("Quota.min", self.min), ("Quota.max", self.max)):
-                if type(value) is float and 0.0 <= value <= 1.0:
+                if type(value) is float and 0.0 <= value <= 1.0 and self._is_share():
                     # Most likely a share meant as one: say how to write it.
                     raise ConfigError(
                         f"{field} must be an integer, got {value!r} (for fractions of "
@@ -229,6 +229,12 @@ class Quota:
             raise ConfigError(
                 f"Quota.min must be <= Quota.max, got min={self.min!r}, max={self.max!r}"
             )
+
+    def _is_share(self) -> bool:
+        """Whether ``Quota.share(min, max)`` would be a valid quota."""
+        return all(
+            type(value) in (int, float) and 0 <= value <= 1 for value in (self.min, self.max)
+        ) and (self.min <= self.max)
 
     @classmethod
     def share(cls, min: float, max: float) -> Quota:
