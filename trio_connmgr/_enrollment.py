@@ -18,7 +18,7 @@ from ._core._state import (
     LockState,
     Stream,
 )
-from ._errors import ConfigError, LockDenied, ResourceClosed
+from ._errors import ConfigError, ResourceClosed
 
 if TYPE_CHECKING:
     from ._manager import ConnectionManager
@@ -281,10 +281,11 @@ class Lock(LockState):
         manager = self._manager()
         try:
             manager._state.acquire_lock(self)
-        except LockDenied:
-            # It will never protect anything: wake a wait_revoked() already waiting
-            # (one called from now on returns at once).
-            self._ended("denied")
+        except BaseException:
+            if self.status == "denied":  # (LockDenied, or its event interrupted)
+                # It will never protect anything: wake a wait_revoked() already
+                # waiting (one called from now on returns at once).
+                self._ended("denied")
             raise
         manager._lock_deadline(self.expires_at)
         return self

@@ -172,13 +172,15 @@ class Stream:
         """Seconds since the last activity, on the manager's clock.
 
         While a round scores the stream, it is measured at the round's time, so
-        every scorer of the round sees the same instant.
+        every scorer of the round sees the same instant; a stream active since
+        that instant (the round yields between chunks) is idle for ``0.0``.
         """
         state = self._member._state
         now = state.round_now
         if now is None:
             now = state.clock()
-        return now - self.last_active
+        idle = now - self.last_active
+        return idle if idle > 0.0 else 0.0
 
     def touch(self, nbytes: int = 0) -> None:
         """Record activity (and ``nbytes`` transferred) for scorers. Synchronous, cheap.
@@ -476,11 +478,19 @@ class State:
             self.outbound += 1
         self.connections_opened += 1
         if self.sink is not None:
-            self.sink(
-                ev.ConnectionOpened(
-                    now, conn.id, str(peer), direction.value, address, len(self.connections)
+            try:
+                self.sink(
+                    ev.ConnectionOpened(
+                        now, conn.id, str(peer), direction.value, address, len(self.connections)
+                    )
                 )
-            )
+            except BaseException:
+                # An event writer raised what must not be caught (a KeyboardInterrupt):
+                # the caller never gets the connection, so nothing stays counted (nor
+                # is its scope cancelled or its close() called).
+                conn._scope = None
+                self.close_connection(conn, CLOSED)
+                raise
         return conn
 
     def close_connection(
@@ -515,22 +525,12 @@ class State:
             for burst in bursts:
                 burst._connections.discard(conn)
             conn._bursts = None
-        if conn._locks:
-            for lock in list(conn._locks):
-                self.end_lock(lock, "dropped")
         scopes: list[Cancellable] | None = None
         if conn.streams:
             scopes = self._drop_streams(conn)
-        sink = self.sink  # one look: a failing trace writer may unset it meanwhile
-        if sink is not None:
-            now = self.clock()
-            if prune is not None:
-                sink(ev.ConnectionPruned(now, conn.id, str(conn.peer), prune, pruned_from))
-            sink(
-                ev.ConnectionClosed(
-                    now, conn.id, str(conn.peer), reason, self.count, conn.direction.value
-                )
-            )
+        # Bodies are cancelled before anything is announced: an event writer may
+        # raise what must not be caught (a KeyboardInterrupt), which must leave no
+        # body running (nor a close() not awaited) on a connection no longer counted.
         if scopes or conn._scope is not None:
             key = reason if prune is None else prune.phase
             message = self._cancel_messages.get(key)
@@ -543,6 +543,22 @@ class State:
             if conn._scope is not None:
                 scope_, conn._scope = conn._scope, None
                 scope_.cancel(message)
+        try:
+            if conn._locks:
+                # (Each one ends, whichever event raised.)
+                call_each(self._drop_lock, list(conn._locks))
+        finally:
+            sink = self.sink  # one look: a failing trace writer may unset it meanwhile
+            if sink is not None:
+                now = self.clock()
+                closed = ev.ConnectionClosed(
+                    now, conn.id, str(conn.peer), reason, self.count, conn.direction.value
+                )
+                if prune is None:
+                    sink(closed)
+                else:
+                    pruned = ev.ConnectionPruned(now, conn.id, str(conn.peer), prune, pruned_from)
+                    call_each(sink, (pruned, closed))
         return True
 
     # ----------------------------------------------------------------- streams
@@ -664,17 +680,29 @@ class State:
         if member.closed:
             return []
         member.closed = True
-        for lock_conn in list(member._locked):
-            for lock in list(lock_conn._locks):
-                if lock._member is member:
-                    self.end_lock(lock, "released")
         for stream in list(member.streams):
             stream.close()
-        for burst in list(member._open_bursts):
-            self.close_burst(burst)
         if self.members.get(member.name) is member:
             del self.members[member.name]
-        return self.regrant()
+        ending: list[LockState | BurstState] = [
+            lock for conn in member._locked for lock in conn._locks if lock._member is member
+        ]
+        ending += member._open_bursts
+
+        def end(item: LockState | BurstState) -> None:
+            if isinstance(item, LockState):
+                self.end_lock(item, "released")
+            else:
+                self.close_burst(item)
+
+        # An event writer may raise what must not be caught (a KeyboardInterrupt):
+        # every lock and burst ends all the same and the quota is returned (the
+        # others regranted), and then it is raised.
+        try:
+            call_each(end, ending)
+        finally:
+            changed = self.regrant()
+        return changed
 
     def regrant(
         self, grants: list[Grant] | None = None, *, new: EnrollmentState | None = None
@@ -772,7 +800,13 @@ class State:
         self._held_locks += 1
         heapq.heappush(self._expiries, (lock.expires_at, lock.id, lock))
         if self.sink is not None:
-            self.sink(ev.LockGranted(now, member.name, lock.id, conn.id, lock.expires_at))
+            try:
+                self.sink(ev.LockGranted(now, member.name, lock.id, conn.id, lock.expires_at))
+            except BaseException:
+                # An event writer raised what must not be caught (a KeyboardInterrupt):
+                # the caller never holds the lock, which must not stay held.
+                self.end_lock(lock, "released")
+                raise
 
     def extend_lock(self, lock: LockState, ttl: float) -> float:
         """Set a held lock to expire ``ttl`` seconds from now (capped); return the expiry."""
@@ -825,19 +859,26 @@ class State:
             member.locks_revoked += 1
         elif how == "expired":
             member.locks_expired += 1
-        if self.sink is not None:
-            args = (self.clock(), member.name, lock.id, conn.id)
-            if how == "revoked":
-                self.sink(ev.LockRevoked(*args))
-            elif how == "expired":
-                self.sink(ev.LockExpired(*args))
-            else:  # released or dropped
-                self.sink(ev.LockReleased(*args, how))
         try:
-            lock._ended(how)
-        except Exception:
-            logger.exception("lock notification for %r raised", member.name)
+            if self.sink is not None:
+                args = (self.clock(), member.name, lock.id, conn.id)
+                if how == "revoked":
+                    self.sink(ev.LockRevoked(*args))
+                elif how == "expired":
+                    self.sink(ev.LockExpired(*args))
+                else:  # released or dropped
+                    self.sink(ev.LockReleased(*args, how))
+        finally:
+            # (Even if an event writer raised what must not be caught: the
+            # holder's waiters still learn that the lock has ended.)
+            try:
+                lock._ended(how)
+            except Exception:
+                logger.exception("lock notification for %r raised", member.name)
         return True
+
+    def _drop_lock(self, lock: LockState) -> None:
+        self.end_lock(lock, "dropped")
 
     def next_lock_expiry(self) -> float:
         """The earliest expiry among held locks (``inf`` if none)."""
@@ -867,7 +908,13 @@ class State:
         member._open_bursts.add(burst)
         member.bursts_opened += 1
         if self.sink is not None:
-            self.sink(ev.BurstOpened(now, member.name, burst.id, burst.name))
+            try:
+                self.sink(ev.BurstOpened(now, member.name, burst.id, burst.name))
+            except BaseException:
+                # An event writer raised what must not be caught (a KeyboardInterrupt):
+                # the caller never enters the burst, which must not stay open.
+                self.close_burst(burst)
+                raise
 
     def new_burst_id(self) -> int:
         """A fresh burst id."""
