@@ -9,6 +9,7 @@ the manager. While nobody listens the sink is unset and no event is even built.
 from __future__ import annotations
 
 import codecs
+import inspect
 import io
 import json
 import logging
@@ -343,6 +344,8 @@ def _check_text_file(file: object) -> None:
     """Raise ConfigError unless ``file`` takes text: a text file open for writing."""
     problem = None
     mode = getattr(file, "mode", "")
+    write = getattr(file, "write", None)
+    flush = getattr(file, "flush", None)
     if isinstance(file, io.RawIOBase | io.BufferedIOBase) or (
         # A wrapper of a binary file (tempfile's); codecs' writers take text
         # although their files are binary.
@@ -351,8 +354,11 @@ def _check_text_file(file: object) -> None:
         and not isinstance(file, io.TextIOBase | codecs.StreamWriter | codecs.StreamReaderWriter)
     ):
         problem = "a binary file"
-    elif not (callable(getattr(file, "write", None)) and callable(getattr(file, "flush", None))):
+    elif not (callable(write) and callable(flush)):
         problem = "not a file"
+    elif inspect.iscoroutinefunction(write) or inspect.iscoroutinefunction(flush):
+        # (trio.open_file's: each write would only make a coroutine, never awaited.)
+        problem = "an async file"
     elif getattr(file, "closed", False):
         problem = "closed"
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from os import PathLike, fspath
 from types import TracebackType
@@ -184,9 +184,15 @@ class _ConnectionContext:
     ) -> bool:
         self._entered = False
         conn = self._conn
-        if not conn.closed:
-            conn._scope = None
-            self._manager._state.close_connection(conn, CLOSED)
+        try:
+            if not conn.closed:
+                conn._scope = None
+                self._manager._state.close_connection(conn, CLOSED)
+        except BaseException:
+            # An event writer raised what it must not catch (a KeyboardInterrupt):
+            # the scope exits all the same (Trio's scopes must exit in order).
+            self._scope.__exit__(exc_type, exc, tb)
+            raise
         return self._scope.__exit__(exc_type, exc, tb)
 
 
@@ -361,7 +367,9 @@ class ConnectionManager:
         return conn
 
     def _wake_if_above_high(self) -> None:
-        if self._state.count > self._state.high:
+        state = self._state
+        # (Under sensing pressure, rounds run above low: SPEC §8.)
+        if state.count > state.high or (self._regulator.pressure and state.count > state.low):
             # A lock ended, a burst closed, an enrollment left or a protection
             # was lifted: connections may have become prunable.
             self._regulator.poke(prunable_changed=True)
@@ -746,10 +754,15 @@ class ConnectionManager:
         Synchronous. It plans a round over the current state without applying it
         (so it calls the scorers, like a round would) and reports every reason the
         connection is safe, or the phase, rank and reason that would take it.
+        Like a round, it first expires the locks whose ttl is up.
         """
         state = self._state
         self._check_connection(conn)
         now = trio.current_time()
+        if state.expire_locks(now):
+            # As a round run now would first (the lock timer may not have run yet
+            # at this instant): a lock whose ttl is up keeps nothing.
+            self._wake_if_above_high()
         why = exclusion(state, conn, now)
         tags = tuple(sorted(state.protected.get(conn.peer, ())))
         grace_until = conn.opened_at + state.grace_period
@@ -897,8 +910,8 @@ async def open_connection_manager(
         grace_period: Seconds a new connection is never pruned.
         silence_period: Minimum seconds between the regulator's rounds
             (emergencies excepted; :meth:`~ConnectionManager.trim` runs at once).
-        triggers: Extra :mod:`trio_connmgr.triggers`; ``HighWater`` and ``Pressure``
-            are always on. Their methods are called, not awaited: an ``async``
+        triggers: Extra :mod:`trio_connmgr.triggers`, each listed once; ``HighWater``
+            and ``Pressure`` are always on. Their methods are called, not awaited: an ``async``
             one is a ``ConfigError``.
         sensing: A :class:`Sensing` controller moving the global share.
         admission: An :class:`Admission` policy for inbound connections.
@@ -934,10 +947,26 @@ async def open_connection_manager(
     max_round_failures = check_count("max_round_failures", max_round_failures, allow_zero=True)
     if lock_budget is not None:
         lock_budget = check_count("lock_budget", lock_budget, allow_zero=True)
-    triggers = list(triggers or ())
+    if triggers is None:
+        triggers = []
+    elif isinstance(triggers, Trigger | str) or not isinstance(triggers, Iterable):
+        raise ConfigError(f"triggers must be a sequence of Trigger instances, got {triggers!r}")
+    else:
+        triggers = list(triggers)
+    seen: set[int] = set()
     for trigger in triggers:
         if not isinstance(trigger, Trigger):
             raise ConfigError(f"triggers must be Trigger instances, got {trigger!r}")
+        if not isinstance(trigger.name, str) or not trigger.name:
+            # Rounds and traces record it as the trigger that started them.
+            raise ConfigError(
+                f"trigger names must be non-empty strings, got {trigger.name!r} for {trigger!r}"
+            )
+        if id(trigger) in seen:
+            # Its hooks would be called twice for each event: a Spike would count
+            # every connection twice.
+            raise ConfigError(f"triggers lists the same trigger twice: {trigger!r}")
+        seen.add(id(trigger))
         for hook in _TRIGGER_HOOKS:
             check_not_async(f"trigger {trigger.name!r}: {hook}()", getattr(trigger, hook))
     if admission is not None and not isinstance(admission, Admission):

@@ -300,6 +300,12 @@ class Regulator:
             if now < not_before:
                 await self._sleep_until(not_before)
                 continue
+            if self._round_lock.locked():
+                # A trim() round is running: once it ends, decide again (it may
+                # have pruned what this round would, and started a silence period).
+                async with self._round_lock:
+                    pass
+                continue
             pruned = await self._round(name, forced=False, emergency=emergency, collect=None)
             state = self._state
             if not pruned and state.count <= state.low and not self._poked:

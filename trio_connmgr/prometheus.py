@@ -73,7 +73,8 @@ def _known_first(counts: Mapping[str, int], known: tuple[str, ...]) -> list[tupl
 MAX_REQUEST_BYTES = 16384
 """Largest HTTP request head :func:`serve_metrics` reads; bigger ones get a 431."""
 REQUEST_DEADLINE = 10.0
-"""Seconds a client has to send its request and read the answer."""
+"""Seconds a client has to send its request, and again to read the answer (the
+collection in between is not on its time)."""
 
 
 def _families(stats: Statistics, ns: str) -> list[Metric]:
@@ -313,7 +314,9 @@ class Collector:
             return self._manager.statistics()
         # Another thread, or another Trio run (a later one, such as the next test
         # of a session, or one in another thread), where trio.from_thread refuses
-        # to block: waiting here for the manager's run, in its own thread, is safe.
+        # to block: waiting here for the manager's run, in its own thread, is safe
+        # unless the manager's run waits for this one meanwhile (serve_metrics
+        # collects in a worker thread, leaving its run free).
         answer: queue.SimpleQueue[outcome.Outcome[Statistics]] = queue.SimpleQueue()
         try:
             self._token.run_sync_soon(
@@ -365,6 +368,8 @@ def _text(status: str, message: str, head: bool, extra: Iterable[tuple[str, str]
 
 def _answer(request: bytes, registry: CollectorRegistry, path: str) -> bytes:
     """The whole HTTP response to one request head."""
+    # An answer to HEAD has no body, whatever its status (a malformed request too).
+    head = request.startswith(b"HEAD ")
     try:
         lines = request.decode("latin-1").split("\r\n")
         method, target, _version = lines[0].split(" ")
@@ -374,8 +379,7 @@ def _answer(request: bytes, registry: CollectorRegistry, path: str) -> bytes:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
     except ValueError:
-        return _text("400 Bad Request", "malformed request", False)
-    head = method == "HEAD"
+        return _text("400 Bad Request", "malformed request", head)
     if method not in ("GET", "HEAD"):
         return _text(
             "405 Method Not Allowed", "only GET and HEAD", False, [("Allow", "GET, HEAD")]
@@ -404,29 +408,45 @@ def _answer(request: bytes, registry: CollectorRegistry, path: str) -> bytes:
     return _response("200 OK", out, body, head)
 
 
-async def _handle(stream: trio.abc.Stream, registry: CollectorRegistry, path: str) -> None:
+async def _handle(
+    stream: trio.abc.Stream,
+    registry: CollectorRegistry,
+    path: str,
+    limiter: trio.CapacityLimiter,
+) -> None:
     try:
-        with trio.move_on_after(REQUEST_DEADLINE):
+        with trio.move_on_after(REQUEST_DEADLINE) as reading:
             buffer = b""
             while b"\r\n\r\n" not in buffer and len(buffer) <= MAX_REQUEST_BYTES:
                 data = await stream.receive_some(4096)
                 if not data:
                     return
                 buffer += data
-            head = buffer.split(b"\r\n\r\n", 1)[0]
-            # An answer to HEAD has no body, whatever its status.
-            is_head = buffer.startswith(b"HEAD ")
-            # The read that ends a head may also take it over the limit.
-            if len(head) > MAX_REQUEST_BYTES:
-                response = _text("431 Request Header Fields Too Large", "too large", is_head)
-                await stream.send_all(response)
-                return
+        if reading.cancelled_caught:
+            return
+        head = buffer.split(b"\r\n\r\n", 1)[0]
+        # An answer to HEAD has no body, whatever its status.
+        is_head = buffer.startswith(b"HEAD ")
+        # The read that ends a head may also take it over the limit.
+        if len(head) > MAX_REQUEST_BYTES:
+            response = _text("431 Request Header Fields Too Large", "too large", is_head)
+        else:
             try:
-                response = _answer(head, registry, path)
+                # Collected in a worker thread, as prometheus_client's own server
+                # does: this run stays free for what collectors ask of it. (A
+                # Collector scraped from another Trio run's server waits for its
+                # manager's run, which may be waiting for this one; collectors
+                # reading a run with trio.from_thread cannot wait in its thread.)
+                # Outside the client's deadlines: the collection takes the server's
+                # time (and an autojump_clock jumps while the thread works).
+                response = await trio.to_thread.run_sync(
+                    _answer, head, registry, path, limiter=limiter
+                )
             except Exception:
                 # One odd request must never take the server (and its nursery) down.
                 logger.exception("answering a metrics request failed")
                 response = _text("500 Internal Server Error", "internal error", is_head)
+        with trio.move_on_after(REQUEST_DEADLINE):
             await stream.send_all(response)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away
@@ -448,8 +468,12 @@ async def serve_metrics(
     binds, reports the bound port through ``task_status`` (useful with
     ``port=0``) and serves each request in a task of its own, in the Prometheus
     text format (OpenMetrics if the scraper asks for it, gzipped if it accepts
-    gzip, restricted to ``name[]`` query parameters if given). Cancelling it (or
-    its nursery) closes the listener and every open request.
+    gzip, restricted to ``name[]`` query parameters if given). It collects the
+    registry in a worker thread (one collection at a time), as
+    ``prometheus_client``'s own server does, so the Trio run stays free
+    meanwhile (a :class:`Collector` routes its part back into its manager's
+    run). Cancelling it (or its nursery) closes the listener and every open
+    request (a collection under way is waited for).
 
     Args:
         registry: The registry to serve (with a :class:`Collector` on it).
@@ -473,7 +497,11 @@ async def serve_metrics(
     listeners = await trio.open_tcp_listeners(port, host=host or None)
     try:
         bound: int = listeners[0].socket.getsockname()[1]
-        handler = partial(_handle, registry=registry, path=path)
+        # One collection at a time, in a thread of its own: a flood of scrapes
+        # never takes the threads of trio.to_thread's default limiter from the
+        # rest of the program.
+        limiter = trio.CapacityLimiter(1)
+        handler = partial(_handle, registry=registry, path=path, limiter=limiter)
         task_status.started(bound)
         await trio.serve_listeners(handler, listeners)
     finally:

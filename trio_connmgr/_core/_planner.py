@@ -458,9 +458,21 @@ def plan_round(
         # protocols again, so that each take lowers the usage of exactly the
         # protocols the usage read below counts it for.
         for i in itertools.compress(range(n), free):
-            live = tuple(conns[i]._protocols)
+            conn = conns[i]
+            live = tuple(conn._protocols)
             if live != shapes[member_shape[i]]:
                 member_shape[i] = shape_ids[live]
+            # Offender accounting too: the protocols with streams outside open
+            # bursts (every protocol on it, if no burst used it).
+            plain = (
+                tuple({s._member: None for s in conn.streams if _plain(s)})
+                if conn._bursts
+                else live
+            )
+            if plain != shapes[plain_shape[i]]:
+                shape_counts[plain_shape[i]] -= 1
+                sid = plain_shape[i] = shape_ids[plain]
+                shape_counts[sid] += 1
     if any(member.closed for shape in shapes for member in shape):
         # A protocol that left between two chunks no longer uses the connections
         # classified with it: it keeps none of them for its grant.min.
