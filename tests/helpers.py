@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import trio
 
 import trio_connmgr as cm
@@ -29,3 +33,50 @@ class DialRecorder(Trigger):
     def dial_reported(self, ok: bool, latency: float | None, now: float) -> bool:
         self.dials.append((ok, latency))
         return False
+
+
+class Interrupt(BaseException):
+    """Stands for a KeyboardInterrupt (which, escaping, would stop the test run)."""
+
+
+class InterruptingFile(io.StringIO):
+    """Raises Interrupt once, when first asked to write a line containing ``marker``."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker: str | None = marker
+
+    def write(self, text: str) -> int:
+        if self.marker is not None and self.marker in text:
+            self.marker = None
+            raise Interrupt(text)
+        return super().write(text)
+
+
+class _HookedLowlevel:
+    """``trio.lowlevel`` whose ``checkpoint()`` runs ``before`` first."""
+
+    def __init__(self, before: Callable[[], Awaitable[object]]) -> None:
+        self._before = before
+
+    async def checkpoint(self) -> None:
+        await self._before()
+        await trio.lowlevel.checkpoint()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(trio.lowlevel, name)
+
+
+class _HookedTrio:
+    def __init__(self, lowlevel: _HookedLowlevel) -> None:
+        self.lowlevel = lowlevel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(trio, name)
+
+
+def hooked_trio(before: Callable[[], Awaitable[object]]) -> Any:
+    """``trio`` as a module sees it once patched with this (``monkeypatch.setattr(
+    module, "trio", hooked_trio(before))``): its ``trio.lowlevel.checkpoint()``
+    calls run ``await before()`` first."""
+    return _HookedTrio(_HookedLowlevel(before))

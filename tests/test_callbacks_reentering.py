@@ -5,14 +5,10 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from helpers import drain
+from helpers import Interrupt, drain
 
 import trio_connmgr as cm
 from trio_connmgr.testing import check_invariants
-
-
-class Interrupt(BaseException):
-    """Stands for a KeyboardInterrupt (which, escaping, would stop the test run)."""
 
 
 async def test_an_interrupted_on_grant_still_ends_the_waits_of_the_protocol_leaving() -> None:

@@ -542,6 +542,46 @@ async def test_a_pruned_peer_that_stopped_reading_is_torn_down() -> None:
             await _stalled_peer_pruned(mgr, attachment, nursery, managed, stalled, other)
 
 
+async def stall_writes(
+    nursery: trio.Nursery, conn: Any, remote_side: Any, stream: INetStream
+) -> tuple[trio.Event, trio.Event]:
+    """The remote side of ``conn`` stops reading its socket until the first
+    event returned is set, and a task of ``nursery`` writes on ``stream`` until
+    its writes block on the full socket, holding yamux's write lock; the second
+    event is set once a write fails."""
+    resume = trio.Event()
+    remote_raw: Any = remote_side.muxed_conn.secured_conn.conn.conn
+    read = remote_raw.read
+
+    async def stuck_read(n: int | None = None) -> bytes:
+        await resume.wait()
+        return await read(n)  # type: ignore[no-any-return]
+
+    remote_raw.read = stuck_read
+    # yamux lets a stream send 256 KiB before the peer's window update: the
+    # sockets must hold less, or the writer waits on the window (polling, with
+    # the write lock free) instead of on the full socket. Loopback's buffers
+    # grow as they are used; pin them small.
+    local_raw: Any = conn.muxed_conn.secured_conn.conn.conn
+    local_raw.stream.stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    remote_raw.stream.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    writer_ended = trio.Event()
+
+    async def writer() -> None:
+        try:
+            while True:
+                await stream.write(b"x" * 65536)
+        except Exception:
+            writer_ended.set()
+
+    nursery.start_soon(writer)
+    muxed: Any = conn.muxed_conn
+    await until(muxed._write_lock.locked)
+    await trio.testing.wait_all_tasks_blocked(0.2)
+    assert muxed._write_lock.locked()  # blocked on the full socket
+    return resume, writer_ended
+
+
 async def _stalled_peer_pruned(
     mgr: cm.ConnectionManager,
     attachment: Attachment,
@@ -563,36 +603,7 @@ async def _stalled_peer_pruned(
         stream = await managed.new_stream(stalled.get_id(), [SINK])
 
         # The remote stops reading its socket, and the managed side keeps writing.
-        resume = trio.Event()
-        remote_raw: Any = remote_side.muxed_conn.secured_conn.conn.conn  # type: ignore[attr-defined]
-        read = remote_raw.read
-
-        async def stuck_read(n: int | None = None) -> bytes:
-            await resume.wait()
-            return await read(n)  # type: ignore[no-any-return]
-
-        remote_raw.read = stuck_read
-        # yamux lets a stream send 256 KiB before the peer's window update: the
-        # sockets must hold less, or the writer waits on the window (polling, with
-        # the write lock free) instead of on the full socket. Loopback's buffers
-        # grow as they are used; pin them small.
-        local_raw: Any = conn.muxed_conn.secured_conn.conn.conn  # type: ignore[attr-defined]
-        local_raw.stream.stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-        remote_raw.stream.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-        writer_ended = trio.Event()
-
-        async def writer() -> None:
-            try:
-                while True:
-                    await stream.write(b"x" * 65536)
-            except Exception:
-                writer_ended.set()
-
-        nursery.start_soon(writer)
-        muxed: Any = conn.muxed_conn
-        await until(muxed._write_lock.locked)
-        await trio.testing.wait_all_tasks_blocked(0.2)
-        assert muxed._write_lock.locked()  # blocked on the full socket
+        resume, writer_ended = await stall_writes(nursery, conn, remote_side, stream)
 
         mgr.unprotect(stalled.get_id(), "setup")
         await mgr.trim()

@@ -7,7 +7,6 @@ Real py-libp2p hosts on 127.0.0.1, the real clock, every wait under
 from __future__ import annotations
 
 import math
-import socket
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ pytest.importorskip(
 )
 
 from libp2p.abc import INetStream, INetwork
-from test_libp2p import info, make_host, running, until
+from test_libp2p import info, make_host, running, stall_writes, until
 
 import trio_connmgr as cm
 from trio_connmgr import libp2p as libp2p_adapter
@@ -73,32 +72,7 @@ async def test_a_refused_connection_whose_close_times_out_is_torn_down(
                 # The peer stops reading its socket; the managed side keeps writing
                 # until its writes block on the full socket (holding yamux's write
                 # lock, which the close's GO_AWAY needs).
-                resume = trio.Event()
-                remote_raw: Any = remote_side.muxed_conn.secured_conn.conn.conn  # type: ignore[attr-defined]
-                read = remote_raw.read
-
-                async def stuck_read(n: int | None = None) -> bytes:
-                    await resume.wait()
-                    return await read(n)  # type: ignore[no-any-return]
-
-                remote_raw.read = stuck_read
-                local_raw: Any = conn.muxed_conn.secured_conn.conn.conn
-                local_raw.stream.stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-                remote_raw.stream.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-                writer_ended = trio.Event()
-
-                async def writer() -> None:
-                    try:
-                        while True:
-                            await stream.write(b"x" * 65536)
-                    except Exception:
-                        writer_ended.set()
-
-                nursery.start_soon(writer)
-                muxed: Any = conn.muxed_conn
-                await until(muxed._write_lock.locked)
-                await trio.testing.wait_all_tasks_blocked(0.2)
-                assert muxed._write_lock.locked()  # blocked on the full socket
+                resume, writer_ended = await stall_writes(nursery, conn, remote_side, stream)
 
                 attachment._sweep_once()
                 assert mgr.statistics().refusals == {"deny": 1}

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from helpers import Interrupt
 
 import trio_connmgr as cm
 from trio_connmgr.triggers import Trigger
@@ -163,10 +164,6 @@ async def test_a_hook_that_did_not_fire_during_a_round_is_told_it_completed(
             await mgr.trim()
     assert recorder.opened == 3  # the third opened while the round ran
     assert recorder.completed == 1
-
-
-class Interrupt(BaseException):
-    """Not an Exception: what a hook must not swallow (a KeyboardInterrupt, say)."""
 
 
 async def test_a_trigger_hook_raising_a_base_exception_leaves_nothing_counted() -> None:

@@ -7,12 +7,9 @@ import io
 
 import pytest
 import trio
+from helpers import Interrupt
 
 import trio_connmgr as cm
-
-
-class Interrupt(BaseException):
-    """Stands for a KeyboardInterrupt (which, escaping, would stop the test run)."""
 
 
 class InterruptingFile(io.StringIO):

@@ -23,6 +23,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from helpers import hooked_trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -58,30 +59,6 @@ ACTIONS = (
 NAMES = ("p", "q", "r")
 # Actions that may make a connection prunable, or no longer below a grant.min.
 FREEING = {"unlock", "unprotect", "close_stream", "end_burst", "leave", "enroll"}
-
-
-class _Checkpoints:
-    """``trio.lowlevel`` as the regulator sees it: its checkpoints run ``before``."""
-
-    def __init__(self, before: Callable[[], Any]) -> None:
-        self._before = before
-
-    async def checkpoint(self) -> None:
-        await self._before()
-        await trio.lowlevel.checkpoint()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(trio.lowlevel, name)
-
-
-class _Trio:
-    """``trio`` as the regulator sees it (its checkpoints hooked)."""
-
-    def __init__(self, lowlevel: _Checkpoints) -> None:
-        self.lowlevel = lowlevel
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(trio, name)
 
 
 @contextmanager
@@ -377,7 +354,7 @@ async def checked_rounds(world: World) -> AsyncIterator[RoundRecorder]:
             patch.setattr(regulator_module.Regulator, "_round", round_checked)
             patch.setattr(regulator_module.Regulator, "_apply", apply_counted)
             patch.setattr(regulator_module.Regulator, "_plan", plan_marked)
-            patch.setattr(regulator_module, "trio", _Trio(_Checkpoints(world.step)))
+            patch.setattr(regulator_module, "trio", hooked_trio(world.step))
             yield recorder
 
 

@@ -4,33 +4,13 @@ bodies are cancelled and close() awaited (SPEC §12 invariant 7), streams closed
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import trio
 import trio.testing
-from helpers import drain
+from helpers import Interrupt, InterruptingFile, drain
 
 import trio_connmgr as cm
 from trio_connmgr.testing import check_invariants
-
-
-class Interrupt(BaseException):
-    """Stands for a KeyboardInterrupt (which, escaping, would stop the test run)."""
-
-
-class InterruptingFile(io.StringIO):
-    """Raises Interrupt once, when first asked to write a line containing ``marker``."""
-
-    def __init__(self, marker: str) -> None:
-        super().__init__()
-        self.marker: str | None = marker
-
-    def write(self, text: str) -> int:
-        if self.marker is not None and self.marker in text:
-            self.marker = None
-            raise Interrupt(text)
-        return super().write(text)
 
 
 async def noop_close() -> None:

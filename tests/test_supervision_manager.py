@@ -9,13 +9,10 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
+from helpers import Interrupt
 
 import trio_connmgr as cm
 import trio_connmgr._regulator as regulator_module
-
-
-class Interrupt(BaseException):
-    """Stands for a KeyboardInterrupt (which, escaping, would stop the test run)."""
 
 
 async def test_a_callback_interrupting_the_exit_leaves_no_connection_open(

@@ -7,32 +7,11 @@ from typing import Any
 
 import pytest
 import trio
+from helpers import hooked_trio
 
 import trio_connmgr as cm
 import trio_connmgr._regulator as regulator_module
 from trio_connmgr.testing import check_invariants, open_fake_connections, record_rounds
-
-
-class _Lowlevel:
-    """``trio.lowlevel`` as the regulator sees it: ``before`` runs at its checkpoints."""
-
-    def __init__(self, before: Any) -> None:
-        self._before = before
-
-    async def checkpoint(self) -> None:
-        await self._before()
-        await trio.lowlevel.checkpoint()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(trio.lowlevel, name)
-
-
-class _Trio:
-    def __init__(self, lowlevel: _Lowlevel) -> None:
-        self.lowlevel = lowlevel
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(trio, name)
 
 
 async def test_a_round_already_running_when_recording_begins_is_not_recorded(
@@ -52,7 +31,7 @@ async def test_a_round_already_running_when_recording_begins_is_not_recorded(
 
         # The round prunes 3 victims, then yields: recording begins there.
         monkeypatch.setattr(regulator_module, "APPLY_CHUNK", 3)
-        monkeypatch.setattr(regulator_module, "trio", _Trio(_Lowlevel(start_recording)))
+        monkeypatch.setattr(regulator_module, "trio", hooked_trio(start_recording))
         await mgr.trim()
         monkeypatch.undo()
         (recorder,) = recorders

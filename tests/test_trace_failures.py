@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from helpers import Interrupt, InterruptingFile
 
 import trio_connmgr as cm
 from trio_connmgr._events import EventHub
@@ -118,24 +119,6 @@ async def test_a_failed_header_is_still_logged_when_the_flush_at_exit_fails_too(
     assert "the trace is incomplete" in errors[0].getMessage()
     assert "No space left on device" in caplog.text
     assert "flush of a file that lost its header" in caplog.text
-
-
-class Interrupt(BaseException):
-    """Stands for a KeyboardInterrupt (which, escaping, would stop the test run)."""
-
-
-class InterruptingFile(io.StringIO):
-    """Raises Interrupt once, when first asked to write a line containing ``marker``."""
-
-    def __init__(self, marker: str) -> None:
-        super().__init__()
-        self.marker: str | None = marker
-
-    def write(self, text: str) -> int:
-        if self.marker is not None and self.marker in text:
-            self.marker = None
-            raise Interrupt(text)
-        return super().write(text)
 
 
 class InterruptedFlushFile(NoRoomFile):

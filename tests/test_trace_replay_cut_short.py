@@ -8,6 +8,7 @@ import logging
 
 import pytest
 import trio
+from helpers import Interrupt
 
 import trio_connmgr as cm
 
@@ -54,10 +55,6 @@ def test_a_malformed_last_line_among_lines_without_endings_is_an_error(
     number = len(lines)
     with pytest.raises(ValueError, match=f"trace line {number} is not JSON"):
         cm.replay_trace(lines)  # type: ignore[arg-type]
-
-
-class Interrupt(BaseException):
-    """Stands for a KeyboardInterrupt (which, escaping, would stop the test run)."""
 
 
 class InterruptedThenFullFile(io.StringIO):
