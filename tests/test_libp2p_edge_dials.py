@@ -24,6 +24,7 @@ from libp2p.peer.id import ID
 from test_libp2p import DialRecorder, make_host, running, until
 
 import trio_connmgr as cm
+from trio_connmgr import libp2p as libp2p_adapter
 from trio_connmgr.libp2p import attach
 
 
@@ -80,3 +81,75 @@ async def test_a_call_that_dials_again_after_the_dial_it_waited_for_failed_is_re
         assert [ok for _, ok, _ in recorder.dials] == [False, False]
         assert recorder.dials[0][2] is not None
         assert recorder.dials[1][2] is None
+
+
+class _FakeSwarm:
+    """What the attachment reads of a swarm when it wraps ``dial_peer``."""
+
+    def __init__(self) -> None:
+        self._ongoing_dials: dict[str, trio.Event] = {}
+        self._negative_peer_cache = None
+
+    def get_connections(self, peer_id: Any) -> list[Any]:
+        return []
+
+
+class _FakeHost:
+    def __init__(self, swarm: _FakeSwarm) -> None:
+        self._swarm = swarm
+
+    def get_network(self) -> _FakeSwarm:
+        return self._swarm
+
+
+@pytest.mark.parametrize("redial_ok", [True, False])
+async def test_a_waiting_call_that_dials_again_is_reported_either_way(
+    autojump_clock: trio.testing.MockClock, redial_ok: bool
+) -> None:
+    """As py-libp2p's ``dial_peer`` does: a call that finds a dial in flight waits
+    for it and, as that dial failed, dials again itself. Each dial is reported
+    once, whichever way the second one goes."""
+    recorder = DialRecorder()
+    swarm = _FakeSwarm()
+
+    async def original(peer_id: str) -> list[str]:
+        ongoing = swarm._ongoing_dials.get(peer_id)
+        if ongoing is not None:
+            await ongoing.wait()
+            await trio.sleep(1.0)  # dials again
+            if not redial_ok:
+                raise SwarmDialAllFailedError("all failed")
+            return ["connection"]
+        ongoing = swarm._ongoing_dials[peer_id] = trio.Event()
+        try:
+            await trio.sleep(0.5)
+            raise SwarmDialAllFailedError("all failed")
+        finally:
+            del swarm._ongoing_dials[peer_id]
+            ongoing.set()
+
+    outcomes: list[str] = []
+
+    async def dial(attachment: Any) -> None:
+        try:
+            await attachment._dial_peer("peer")
+        except SwarmDialAllFailedError:
+            outcomes.append("failed")
+        else:
+            outcomes.append("connected")
+
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(low=2, high=4), triggers=[recorder]) as mgr,
+        trio.open_nursery() as nursery,
+    ):
+        attachment = libp2p_adapter.Attachment(_FakeHost(swarm), mgr, nursery)  # type: ignore[arg-type]
+        attachment._original_dial = original
+        async with trio.open_nursery() as dials:
+            dials.start_soon(dial, attachment)
+            await trio.testing.wait_all_tasks_blocked()
+            dials.start_soon(dial, attachment)
+        assert sorted(outcomes) == sorted(["failed", "connected" if redial_ok else "failed"])
+        assert [ok for _, ok, _ in recorder.dials] == [False, redial_ok]
+        assert recorder.dials[0][2] == 0.5  # the first dial's latency; the second has none
+        assert recorder.dials[1][2] is None
+        nursery.cancel_scope.cancel()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from helpers import hooked_trio
 
 import trio_connmgr as cm
 import trio_connmgr._regulator as regulator_module
+from trio_connmgr._core._planner import plan_round
 from trio_connmgr.testing import check_invariants, open_fake_connections, record_rounds
 
 
@@ -41,3 +44,47 @@ async def test_a_round_already_running_when_recording_begins_is_not_recorded(
         await trio.testing.wait_all_tasks_blocked()
         assert len(recorder.rounds) == 1
         check_invariants(mgr, last_round=recorder.last)
+
+
+async def test_a_round_that_was_only_planning_when_recording_began_is_recorded(
+    autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A trim() round is cancelled while it plans (which leaves no trace) just as
+    # recording begins; the next round runs whole while recording: it is recorded.
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(low=2, high=20), grace_period=0) as mgr,
+        open_fake_connections() as fakes,
+        trio.open_nursery() as nursery,
+    ):
+        await fakes.open_many(mgr, 8)
+        planning = trio.Event()
+        defaults = plan_round.__kwdefaults__
+        assert defaults is not None
+        monkeypatch.setitem(defaults, "chunk", 2)  # planning yields every 2 connections
+
+        async def cancelled_trim(scope: trio.CancelScope) -> None:
+            with scope:
+                await mgr.trim()
+
+        scope = trio.CancelScope()
+        monkeypatch.setattr(regulator_module, "trio", hooked_trio(_set(planning)))
+        nursery.start_soon(cancelled_trim, scope)
+        await planning.wait()
+        async with record_rounds(mgr) as rounds:
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            monkeypatch.undo()
+            assert scope.cancelled_caught
+            assert mgr.statistics().rounds.count == 0
+            pruned = await mgr.trim()
+        assert len(pruned) == 6
+        assert rounds.last is not None
+        assert rounds.last.pruned == tuple(pruned)
+        check_invariants(mgr, last_round=rounds.last)
+
+
+def _set(event: trio.Event) -> Callable[[], Awaitable[None]]:
+    async def set_it() -> None:
+        event.set()
+
+    return set_it

@@ -159,6 +159,10 @@ class Regulator:
         self.failure_window = failure_window
         self.pressure = False
         self._round_lock = trio.Lock()
+        # (number, failures counted) of the last round that began to revoke and
+        # prune: from there on a round runs to its end and is recorded, so a
+        # RoundCompleted with these is that round's (record_rounds reads it).
+        self.applying: tuple[int, int] = (0, 0)
         self._sleep: trio.CancelScope | None = None
         self._poked = False
         # Pokes that said connections may have become prunable (see poke()): a
@@ -358,6 +362,7 @@ class Regulator:
             # recorded (its checkpoints are only schedule points, and it awaits nothing
             # else); a cancellation reaches a trim() caller at its next checkpoint.
             with trio.CancelScope(shield=True):
+                self.applying = (state.rounds.count + 1, state.rounds.failures)
                 plan, mark, revoked = await self._revoke_and_replan(
                     plan, mark, now, trigger, revoked_on, forced=forced, emergency=emergency
                 )
@@ -535,7 +540,7 @@ class Regulator:
                     forced_reached = True
                     if skipped:
                         # (Forced victims are all at the end of the plan.)
-                        left = len(victims) - index
+                        left = sum(1 for v in victims[index:] if v is not None and not v.closed)
                         return pruned, skipped + left, False
                 # Checkpoints let other tasks run: a victim may have closed,
                 # been locked or protected since planning, or carry a stream

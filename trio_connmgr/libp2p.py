@@ -171,10 +171,12 @@ async def _abort(conn: INetConn) -> None:
 @final
 @attrs.define(eq=False)
 class _Dial:
-    """A dial in flight: when it started, when its connection arrived."""
+    """A dial in flight: when it started, when its connection arrived, whether
+    every address failed."""
 
     started: float
     connected: float | None = None
+    failed: bool = False
 
 
 @final
@@ -479,14 +481,20 @@ class Attachment:
         if peer_id in getattr(swarm, "_ongoing_dials", {}):
             # Waits for another task's dial, which reports itself. If that dial
             # leaves no live connection, py-libp2p dials again in this call (the
-            # negative cache is not looked at again): a failure of that dial is
-            # reported, without a latency (when it began is not known).
+            # negative cache is not looked at again): that dial is reported,
+            # without a latency (when it began is not known). It failed if this
+            # call fails; it succeeded if this call succeeds after the dial it
+            # waited for failed (known when that dial is one of ours).
+            waited_for = list(self._dials.get(peer_id, ()))
             try:
-                return await original(peer_id)
+                result = await original(peer_id)
             except SwarmDialAllFailedError:
                 if not self.closed:
                     self._manager.report_dial(peer_id, ok=False)
                 raise
+            if waited_for and all(d.failed for d in waited_for) and not self.closed:
+                self._manager.report_dial(peer_id, ok=True)
+            return result
         dial = _Dial(trio.current_time())
         self._dials.setdefault(peer_id, []).append(dial)
         try:
@@ -494,6 +502,7 @@ class Attachment:
         except SwarmDialAllFailedError:
             # Every address was tried and failed. (Other errors dial nothing: no
             # known address, all filtered out, the local connection cap.)
+            dial.failed = True
             if not self.closed:
                 self._manager.report_dial(
                     peer_id, ok=False, latency=trio.current_time() - dial.started

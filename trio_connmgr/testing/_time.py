@@ -200,9 +200,12 @@ class RoundRecorder:
         self._violations: list[str] = []
         # Connections whose held lock was just dropped because they closed.
         self._dropped_locks: set[int] = set()
-        # A round already running (it yields between chunks) may have pruned some
+        # A round already pruning (it yields between chunks) may have pruned some
         # of its victims before recording began: it is not recorded, half seen.
-        self._skip_round = manager._regulator._round_lock.locked()
+        # (One still planning has pruned nothing: it is recorded.)
+        self._state_rounds = manager._state.rounds
+        # (Between rounds, the last one to prune has already been recorded.)
+        self._skip_round: tuple[int, int] | None = manager._regulator.applying
         self.rounds: list[RoundResult] = []
 
     def _on_event(self, event: Event) -> None:
@@ -225,9 +228,8 @@ class RoundRecorder:
             self._known.pop(event.connection_id, None)
             self._dropped_locks.discard(event.connection_id)
         elif isinstance(event, RoundCompleted):
-            if self._skip_round:
-                self._skip_round = False
-            else:
+            skip, self._skip_round = self._skip_round, None
+            if skip != (event.number, self._state_rounds.failures):
                 self.rounds.append(
                     RoundResult(
                         tuple(self._pending),
@@ -289,7 +291,7 @@ async def record_rounds(manager: ConnectionManager) -> AsyncIterator[RoundRecord
             await advance(31)                       # grace ends, a round runs
             check_invariants(mgr, last_round=rounds.last)  # fails if none ran
 
-    A round already running as recording begins (a large round yields between
+    A round already pruning as recording begins (a large round yields between
     chunks) is not recorded: some of its victims may have been pruned before.
 
     Recording is synchronous (nothing is buffered or dropped). Entering
