@@ -223,3 +223,60 @@ async def test_a_burst_whose_opening_event_is_interrupted_is_not_left_open() -> 
         conn = mgr.track("a", direction="outbound", close=noop_close)
         with pytest.raises(cm.ResourceClosed):
             p.track_stream(conn, burst=burst)
+
+
+async def test_a_lock_released_with_its_event_interrupted_still_wakes_the_regulator(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Every connection is locked as its grace period ends: the round at
+    # count > high prunes nothing and waits (silence_period is long). Releasing
+    # one lock makes its connection prunable, and wakes the regulator, even when
+    # the release event's writer raises an interrupt.
+    async with (
+        cm.open_connection_manager(
+            limits=cm.Limits(1, 2),
+            grace_period=10,
+            silence_period=1000,
+            lock_budget=3,
+            trace=InterruptingFile('"how":"released"'),
+        ) as mgr,
+        mgr.enroll("p", quota=cm.Quota(0, 2)) as p,
+        mgr.enroll("q", quota=cm.Quota(0, 2)) as q,
+    ):
+        conns = [mgr.track(i, direction="outbound", close=noop_close) for i in range(3)]
+        # (An enrollment locks at most grant.max = 2 connections.)
+        locks = [
+            member.lock(member.track_stream(conn), ttl=10_000)
+            for member, conn in zip((p, q, q), conns, strict=True)
+        ]
+        for lock in locks:
+            await lock.__aenter__()
+        await trio.sleep(11)
+        assert mgr.statistics().rounds.last_victims == 0
+        assert not any(conn.closed for conn in conns)
+        with pytest.raises(Interrupt):
+            await locks[0].__aexit__(None, None, None)
+        assert not locks[0].held
+        await trio.testing.wait_all_tasks_blocked()
+        assert trio.current_time() == 11
+        assert conns[0].closed
+        for lock in locks[1:]:
+            await lock.__aexit__(None, None, None)
+
+
+async def test_a_lock_shortened_with_its_event_interrupted_expires_on_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        cm.open_connection_manager(
+            limits=cm.Limits(2, 10), trace=InterruptingFile('"lock_extended"')
+        ) as mgr,
+        mgr.enroll("p", quota=cm.Quota(0, 4)) as p,
+    ):
+        conn = mgr.track("a", direction="outbound", close=noop_close)
+        async with p.lock(p.track_stream(conn), ttl=100) as lock:
+            with pytest.raises(Interrupt):
+                lock.extend(1)
+            assert lock.expires_at == 1
+            await trio.sleep(2)
+            assert lock.status == "expired"

@@ -297,7 +297,14 @@ class Lock(LockState):
         tb: TracebackType | None,
     ) -> None:
         manager = self._manager()
-        if manager._state.end_lock(self, "released"):
+        try:
+            ended = manager._state.end_lock(self, "released")
+        except BaseException:
+            # An event writer raised what must not be caught (a KeyboardInterrupt)
+            # once the lock had ended: the regulator is still told.
+            manager._wake_if_above_high()
+            raise
+        if ended:
             manager._wake_if_above_high()
 
     def extend(self, ttl: float) -> float:
@@ -308,9 +315,13 @@ class Lock(LockState):
         """
         ttl = check_positive_float("lock ttl", ttl)
         manager = self._manager()
-        expires_at = manager._state.extend_lock(self, ttl)
-        manager._lock_deadline(expires_at)
-        return expires_at
+        try:
+            return manager._state.extend_lock(self, ttl)
+        finally:
+            if self.held:
+                # (Even if an event writer raised what must not be caught once
+                # the expiry had moved: the lock timer follows it.)
+                manager._lock_deadline(self.expires_at)
 
     async def wait_revoked(self) -> None:
         """Wait until the lock stops protecting its connection; return at once if it has.
