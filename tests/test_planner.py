@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Generator, Hashable, Iterable, Mapping
 from typing import Any
 
 import pytest
@@ -39,6 +39,24 @@ def metadata_scorer(stream: cm.Stream) -> float:
     if value == "raise":
         raise RuntimeError("scorer bug")
     return value  # type: ignore[no-any-return]
+
+
+def stale_closing_scorer(stream: cm.Stream) -> float:
+    """:func:`metadata_scorer`, which first closes a stream marked ``"stale"``
+    in its metadata (a protocol dropping a stale stream as it scores it)."""
+    if stream.metadata.get("stale"):
+        stream.close()
+    return metadata_scorer(stream)
+
+
+def finish_plan(gen: Generator[None, None, Plan]) -> Plan:
+    """Drive a :func:`plan_round` generator already under way to its plan."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            plan: Plan = stop.value
+            return plan
 
 
 # ---------------------------------------------------------------- the oracle

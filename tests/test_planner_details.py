@@ -4,10 +4,15 @@ forced rounds."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
-
 import pytest
-from test_planner import Core, check_plan, metadata_scorer, victim_ids
+from test_planner import (
+    Core,
+    check_plan,
+    finish_plan,
+    metadata_scorer,
+    stale_closing_scorer,
+    victim_ids,
+)
 
 import trio_connmgr as cm
 from trio_connmgr._core import _planner
@@ -93,11 +98,7 @@ def test_a_connection_closed_while_the_round_plans_is_never_a_victim() -> None:
     gen = plan_round(core.state, core.now, trigger="test", chunk=1)
     next(gen)  # the first connection classified; the others not yet
     gone.release()
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        plan = stop.value
+    plan = finish_plan(gen)
     assert gone.closed
     # Two connections are left, one above low: one victim.
     assert victim_ids(plan) == [kept.id]
@@ -159,15 +160,6 @@ def test_min_blocked_leaves_out_what_a_forced_round_took() -> None:
     assert forced.min_blocked == ()
 
 
-def finish(gen: Generator[None, None, Plan]) -> Plan:
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        plan: Plan = stop.value
-        return plan
-
-
 def test_a_connection_a_scorer_releases_after_it_was_classified_is_never_a_victim() -> None:
     core = Core(1, 10)
     reserved = core.member("reserved", cm.Quota(1, 10))
@@ -212,7 +204,7 @@ def test_a_held_connection_closed_while_victims_are_chosen_leaves_its_protocols_
     for _ in range(4):  # classified all four; chosen the first victim
         next(gen)
     held.release()
-    plan = finish(gen)
+    plan = finish_plan(gen)
     # "reserved" is left on one connection: its grant.min keeps it.
     assert victim_ids(plan) == [first.id, third.id]
     assert plan.min_blocked == (second,)
@@ -250,7 +242,7 @@ def test_whenever_a_connection_closes_while_the_round_plans_the_plan_fits_what_i
             assert frame is not None
             taken_before = list(frame.f_locals.get("victims", ()))
             conns[closing].release()
-            plan = finish(gen)
+            plan = finish_plan(gen)
         left = [conn for conn in conns if not conn.closed]
         assert all(not v.closed or v in taken_before for v in plan.connections), step
         if conns[closing] in taken_before:
@@ -286,12 +278,7 @@ def test_a_stream_its_scorer_closes_leaves_the_protocols_a_take_lowers() -> None
     m, (a, b, c), stale = stale_stream_population(core)
     stale.metadata["stale"] = True
 
-    def scorer(stream: cm.Stream) -> float:
-        if stream.metadata.get("stale"):
-            stream.close()
-        return metadata_scorer(stream)
-
-    m.scorer = scorer
+    m.scorer = stale_closing_scorer
     plan = core.plan()
     assert stale.closed
     assert victim_ids(plan) == [c.id]
@@ -307,7 +294,7 @@ def test_a_stream_closed_while_the_round_yields_leaves_the_protocols_a_take_lowe
     for _ in range(4):  # the protected connection, a, b and c classified
         next(gen)
     stale.close()
-    plan = finish(gen)
+    plan = finish_plan(gen)
     assert m.usage == 2
     assert victim_ids(plan) == [idle.id, c.id]
     assert set(plan.min_blocked) == {a, b}

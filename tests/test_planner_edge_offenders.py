@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-
-from test_planner import Core, check_plan, metadata_scorer, victim_ids
+from test_planner import Core, check_plan, finish_plan, stale_closing_scorer, victim_ids
 
 import trio_connmgr as cm
-from trio_connmgr._core._planner import Phase, Plan, plan_round
+from trio_connmgr._core._planner import Phase, plan_round
 from trio_connmgr._core._state import EnrollmentState
 
 
@@ -25,15 +23,6 @@ def population(core: Core) -> tuple[EnrollmentState, list[cm.Connection], cm.Str
     return m, [a, b, c], stale
 
 
-def finish(gen: Generator[None, None, Plan]) -> Plan:
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            plan: Plan = stop.value
-            return plan
-
-
 def test_a_stream_its_scorer_closes_makes_no_offender() -> None:
     # m's scorer closes a's stale stream as it scores it: m is then on b only,
     # within its grant.max, so the round takes the cheapest connection, c.
@@ -41,12 +30,7 @@ def test_a_stream_its_scorer_closes_makes_no_offender() -> None:
     m, (_, _, c), stale = population(core)
     stale.metadata["stale"] = True
 
-    def scorer(stream: cm.Stream) -> float:
-        if stream.metadata.get("stale"):
-            stream.close()
-        return metadata_scorer(stream)
-
-    m.scorer = scorer
+    m.scorer = stale_closing_scorer
     plan = core.plan()
     assert stale.closed
     assert m.usage == 1
@@ -61,7 +45,7 @@ def test_a_stream_closed_while_the_round_yields_makes_no_offender() -> None:
     gen = plan_round(core.state, core.now, trigger="test", chunk=1)
     next(gen)  # a classified
     stale.close()
-    plan = finish(gen)
+    plan = finish_plan(gen)
     assert m.usage == 1
     assert victim_ids(plan) == [c.id]
     assert plan.reasons[0].phase is Phase.TALLY

@@ -17,6 +17,7 @@ from test_planner import (
     OUTBOUND,
     Core,
     expected_tally,
+    finish_plan,
     members_on,
     snapshots,
     tie_key,
@@ -24,7 +25,7 @@ from test_planner import (
 
 import trio_connmgr as cm
 from trio_connmgr._core import _planner
-from trio_connmgr._core._planner import Phase, Plan, plan_round
+from trio_connmgr._core._planner import Phase, Plan, plan_now, plan_round
 from trio_connmgr._core._state import Connection, State, Stream
 
 
@@ -182,16 +183,6 @@ def as_dict(plan: Plan, full: bool) -> dict[str, Any]:
     return found
 
 
-def drive(state: State, now: float, chunk: int, forced: bool) -> Plan:
-    gen = plan_round(state, now, trigger="test", forced=forced, chunk=chunk)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            plan: Plan = stop.value
-            return plan
-
-
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(snapshot=snapshots(), chunk=st.sampled_from([1, 3, 1024]))
 def test_plans_match_the_reference(
@@ -203,7 +194,7 @@ def test_plans_match_the_reference(
     expected = reference_plan(state, core.now, forced=forced)
     for member, (errors, clamped) in zip(state.members.values(), counters, strict=True):
         member.scorer_errors, member.scorer_clamped = errors, clamped
-    plan = drive(state, core.now, chunk, forced)
+    plan = plan_now(state, core.now, trigger="test", forced=forced, chunk=chunk)
     assert as_dict(plan, "candidates" in expected) == expected
 
 
@@ -268,7 +259,7 @@ def test_crowded_plans_match_the_reference(snapshot: tuple[Core, bool], chunk: i
     expected = reference_plan(state, core.now, forced=forced)
     for member, (errors, clamped) in zip(state.members.values(), counters, strict=True):
         member.scorer_errors, member.scorer_clamped = errors, clamped
-    plan = drive(state, core.now, chunk, forced)
+    plan = plan_now(state, core.now, trigger="test", forced=forced, chunk=chunk)
     assert as_dict(plan, "candidates" in expected) == expected
 
 
@@ -320,15 +311,6 @@ def test_streams_and_connections_changed_while_connections_are_classified(
                 member = data.draw(st.sampled_from(list(state.members.values())))
                 core.stream(member, data.draw(st.sampled_from(used)), data.draw(st.floats(0, 1)))
     if plan is None:
-        plan = drive_on(gen)
+        plan = finish_plan(gen)
     expected = reference_plan(state, core.now, forced=forced, scored=scored)
     assert as_dict(plan, False) == {k: expected[k] for k in ("victims", "reasons", "target")}
-
-
-def drive_on(gen: Any) -> Plan:
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            plan: Plan = stop.value
-            return plan

@@ -5,8 +5,7 @@ from __future__ import annotations
 import trio
 import trio.lowlevel
 import trio.testing
-from test_planner import Core, check_plan, metadata_scorer, victim_ids
-from test_planner_details import finish
+from test_planner import Core, check_plan, finish_plan, metadata_scorer, victim_ids
 
 import trio_connmgr as cm
 from trio_connmgr._core._planner import plan_round
@@ -111,7 +110,7 @@ def test_a_round_wants_no_victims_once_enough_connections_closed_while_it_planne
     next(gen)  # the first connection is classified
     for conn in conns[1:4]:
         conn.release()
-    plan = finish(gen)
+    plan = finish_plan(gen)
     assert plan.target == 0
     assert plan.connections == []
     assert plan.shortfall == 0

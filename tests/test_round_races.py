@@ -6,13 +6,13 @@ from __future__ import annotations
 import trio
 import trio.lowlevel
 import trio.testing
-from test_planner import Core, check_plan, victim_ids
+from test_planner import Core, check_plan, finish_plan, victim_ids
 from test_regulator import ChunkedRound, noop_close
 
 import trio_connmgr as cm
 import trio_connmgr._regulator as regulator_module
 from trio_connmgr._config import Direction
-from trio_connmgr._core._planner import Phase, Plan, plan_round
+from trio_connmgr._core._planner import Phase, plan_round
 from trio_connmgr._core._scoring import tally
 
 INBOUND, OUTBOUND = Direction.INBOUND, Direction.OUTBOUND
@@ -90,12 +90,7 @@ def test_a_protocol_that_leaves_while_a_round_plans_keeps_nothing_for_its_grant_
     gen = plan_round(core.state, core.now, trigger="test", chunk=10)
     next(gen)  # p's connections are classified
     core.state.leave(p)
-    plan: Plan | None = None
-    while plan is None:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            plan = stop.value
+    plan = finish_plan(gen)
     assert plan.min_blocked == ()
     # (Equal tallies: newest first.)
     assert victim_ids(plan) == [c.id for c in reversed(cheap[5:])]
