@@ -55,8 +55,8 @@ def burst_only(state: State, conn: Connection, now: float) -> tuple[float, str] 
     latest = max(at for at, _ in closes if at is not None)
     if now > latest + state.burst_linger:
         return None
-    # Among bursts closed at the same latest time, the first one in the set.
-    return latest, next(protocol for at, protocol in closes if at == latest)
+    # Among bursts closed at the same latest time, the protocol first by name.
+    return latest, min(protocol for at, protocol in closes if at == latest)
 
 
 def reference_plan(

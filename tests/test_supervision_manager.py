@@ -1,5 +1,5 @@
-"""Supervision in the manager's shell: its exit when a callback raises what it must
-not catch, and when it fails as the scope around it is cancelled."""
+"""Supervision in the manager's shell: its exit when something raises what must not
+be caught, and when it fails as the scope around it is cancelled."""
 
 from __future__ import annotations
 
@@ -9,49 +9,44 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
-from helpers import Interrupt
+from helpers import Interrupt, InterruptingFile
 
 import trio_connmgr as cm
 import trio_connmgr._regulator as regulator_module
 
 
-async def test_a_callback_interrupting_the_exit_leaves_no_connection_open(
+async def test_an_interrupt_as_protocols_leave_at_the_exit_leaves_no_connection_open(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # Two protocols enrolled by a task outside the manager's block are still
-    # enrolled as it exits: the first leaving regrants the second, whose
-    # on_grant raises. The manager must still close its tracked connection
-    # (awaiting its close()) and end its subscriptions.
+    # A protocol enrolled by a task outside the manager's block is still
+    # enrolled as it exits, holding a lock: as it leaves, the trace file raises
+    # on the lock's release. The manager must still close its tracked
+    # connection (awaiting its close()) and end its subscriptions.
     closes: list[str] = []
-    exiting = False
 
     async def close() -> None:
         closes.append("closed")
 
-    def on_grant(grant: cm.Grant) -> None:
-        if exiting:
-            raise Interrupt
-
     async def protocols(
         mgr: cm.ConnectionManager, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        async with (
-            mgr.enroll("a", quota=cm.Quota.share(0.6, 1.0)),
-            mgr.enroll("b", quota=cm.Quota.share(0.6, 1.0), on_grant=on_grant),
-        ):
-            task_status.started()
-            await trio.sleep_forever()
+        async with mgr.enroll("a", quota=cm.Quota(1, 4)) as a:
+            other = mgr.track("other", direction="outbound", close=trio.lowlevel.checkpoint)
+            async with a.lock(a.track_stream(other), ttl=100):
+                task_status.started()
+                await trio.sleep_forever()
 
     with trio.fail_after(60), pytest.RaisesGroup(Interrupt, flatten_subgroups=True):
         async with (
             trio.open_nursery() as nursery,
-            cm.open_connection_manager(limits=cm.Limits(10, 20)) as mgr,
+            cm.open_connection_manager(
+                limits=cm.Limits(10, 20), trace=InterruptingFile('"lock_released"')
+            ) as mgr,
         ):
             await nursery.start(protocols, mgr)
             conn = mgr.track("peer", direction="outbound", close=close)
             subscription = mgr.subscribe()
             events = await subscription.__aenter__()
-            exiting = True
     assert closes == ["closed"]
     assert conn.close_reason == "manager closed"
     assert mgr._state.connections == {}

@@ -23,8 +23,13 @@ def exact_floor(value: float) -> int:
 
 
 def exact_ceil(value: float) -> int:
-    """``math.ceil`` without binary noise (see :func:`exact_floor`)."""
-    return math.ceil(round(value, 9))
+    """``math.ceil`` without binary noise (see :func:`exact_floor`).
+
+    A positive ``value`` gives at least 1, however small: the noise rounding
+    must not take it to 0.
+    """
+    ceiling = math.ceil(round(value, 9))
+    return 1 if ceiling == 0 and value > 0 else ceiling
 
 
 def check_count(field: str, value: object, *, allow_zero: bool = False) -> int:
@@ -87,14 +92,31 @@ def _as_float(value: int | float) -> float:
         return math.inf if value > 0 else -math.inf
 
 
-def check_period(field: str, value: object, *, allow_zero: bool = True) -> float:
-    """Return ``value`` as a float if it is a finite non-negative number of seconds."""
+MIN_PERIOD = 1e-6
+"""Shortest period, in seconds, of what sleeps in a loop (``Interval.period``,
+``Sensing.interval``, ``LoopLag.period``): one microsecond.
+
+A shorter one can vanish in the clock's rounding: at ``now = 100.0``,
+``now + 1e-15 == now``, so the loop's next wake-up is due at once, for ever (a
+busy loop; under ``MockClock(autojump_threshold=0)`` time never moves and the
+run hangs). ``now + 1e-6 > now`` holds while the clock reads below ``2**34``
+seconds (five centuries), and a loop woken more often than every microsecond
+would keep the event loop busy anyway."""
+
+
+def check_period(
+    field: str, value: object, *, allow_zero: bool = True, minimum: float = 0.0
+) -> float:
+    """Return ``value`` as a float if it is a finite non-negative number of seconds
+    (positive unless ``allow_zero``; at least ``minimum`` if that is above 0)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{field} must be a number of seconds, got {value!r}")
     number = _as_float(value)
     if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
         kind = "non-negative" if allow_zero else "positive"
         raise ConfigError(f"{field} must be a finite, {kind} number of seconds, got {value!r}")
+    if number < minimum:
+        raise ConfigError(f"{field} must be at least {minimum:g} seconds, got {value!r}")
     return number
 
 

@@ -373,10 +373,14 @@ class Burst(BurstState):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._member._state.close_burst(self)
-        manager = self._member._manager  # type: ignore[attr-defined]
-        if manager is not None:
-            manager._wake_if_above_high()
+        try:
+            self._member._state.close_burst(self)
+        finally:
+            # (Even if an event writer raised what must not be caught once the
+            # burst had closed: the regulator is still told.)
+            manager = self._member._manager  # type: ignore[attr-defined]
+            if manager is not None:
+                manager._wake_if_above_high()
 
     def __repr__(self) -> str:
         state = "open" if self.closed_at is None else "closed"

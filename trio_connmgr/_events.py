@@ -417,24 +417,42 @@ def _strings(value: list[Any] | tuple[Any, ...]) -> bool:
 
 def _phase_counts(value: list[Any] | tuple[Any, ...]) -> bool:
     return all(
-        type(pair) in _ARRAY and len(pair) == 2 and type(pair[0]) is str and type(pair[1]) is int
+        type(pair) in _ARRAY
+        and len(pair) == 2
+        and type(pair[0]) is str
+        and type(pair[1]) is int
+        and pair[1] >= 0
         for pair in value
     )
 
+
+def _finite_number(value: object) -> bool:
+    # (An integer is finite however large, and math.isfinite() would overflow on it.)
+    return type(value) is not float or math.isfinite(value)
+
+
+def _positive_or_null(value: int | None) -> bool:
+    return value is None or value > 0
+
+
+_NATURAL = (0).__le__
+_POSITIVE = (0).__lt__
 
 # A field: its name, the exact types its value may have, a further check of the
 # value (or None), and what the value must be, for the error message.
 _Field = tuple[str, tuple[type, ...], Callable[[Any], bool] | None, str]
 
-_TIME: _Field = ("time", (int, float, _Absent), None, "a number")  # absent: the time stays
+# (Absent: the time stays that of the line before.)
+_TIME: _Field = ("time", (int, float, _Absent), _finite_number, "a finite number")
 _PROTOCOL: _Field = ("protocol", _STRING, None, "a string")
 _LOCK: tuple[_Field, ...] = (_TIME, _PROTOCOL, ("lock_id", _INTEGER, None, "an integer"))
 _LIMITS: tuple[_Field, ...] = (
     _TIME,
-    ("low", _INTEGER, None, "an integer"),
-    ("high", _INTEGER, None, "an integer"),
-    ("hard", (int, type(None)), None, "an integer or null"),
+    ("low", _INTEGER, _POSITIVE, "a positive integer"),
+    ("high", _INTEGER, _POSITIVE, "a positive integer"),
+    ("hard", (int, type(None)), _positive_or_null, "a positive integer or null"),
 )
+_LIMITS_ORDER = (("low", "high"), ("high", "hard"))
 
 _REPLAYED_FIELDS: dict[str, tuple[_Field, ...]] = {
     "trace_started": _LIMITS,
@@ -448,14 +466,14 @@ _REPLAYED_FIELDS: dict[str, tuple[_Field, ...]] = {
     "round_completed": (
         _TIME,
         ("trigger", _STRING, None, "a string"),
-        ("revoked_locks", _INTEGER, None, "an integer"),
-        ("by_phase", _ARRAY, _phase_counts, "an array of [phase, n] pairs"),
+        ("revoked_locks", _INTEGER, _NATURAL, "a non-negative integer"),
+        ("by_phase", _ARRAY, _phase_counts, "an array of [phase, n >= 0] pairs"),
     ),
     "grant_changed": (
         _TIME,
         _PROTOCOL,
-        ("min", _INTEGER, None, "an integer"),
-        ("max", _INTEGER, None, "an integer"),
+        ("min", _INTEGER, _NATURAL, "a non-negative integer"),
+        ("max", _INTEGER, _NATURAL, "a non-negative integer"),
     ),
     "lock_granted": (*_LOCK, ("connection_id", _INTEGER, None, "an integer")),
     "lock_denied": (_TIME, _PROTOCOL, ("reason", _STRING, None, "a string")),
@@ -474,15 +492,32 @@ release of the same format version may add them (``docs/trace.md``).
 """
 _OTHER_KIND: tuple[_Field, ...] = (_TIME,)
 
+_ORDERED_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "trace_started": _LIMITS_ORDER,
+    "grant_changed": (("min", "max"),),
+    "limits_changed": _LIMITS_ORDER,
+}
+"""Pairs of fields (of :data:`_REPLAYED_FIELDS`) the writer always writes in
+order, by kind: the first is at most the second (unless that one is null)."""
 
-def _check_fields(record: Mapping[str, Any], fields: tuple[_Field, ...]) -> None:
-    """Raise KeyError or TypeError unless ``record`` has each of ``fields`` as it must be."""
-    for name, types, check, what in fields:
+
+def _check_fields(record: Mapping[str, Any], kind: str) -> None:
+    """Raise KeyError, TypeError or ValueError unless ``record``, of ``kind``, has each
+    field the replay reads as the writer writes it."""
+    for name, types, check, what in _REPLAYED_FIELDS.get(kind, _OTHER_KIND):
         value = record.get(name, _ABSENT)
-        if type(value) not in types or (check is not None and not check(value)):
+        if type(value) not in types:
             if value is _ABSENT:
                 raise KeyError(name)
             raise TypeError(f"{name} must be {what}, got {value!r}")
+        if check is not None and not check(value):
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+    for first, second in _ORDERED_FIELDS.get(kind, ()):
+        low, high = record[first], record[second]
+        if high is not None and low > high:
+            raise ValueError(
+                f"{first} must be <= {second}, got {first}={low!r}, {second}={high!r}"
+            )
 
 
 def _new_protocol() -> dict[str, Any]:
@@ -529,9 +564,12 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
 
     Raises:
         ValueError: A line is not a JSON object with a ``kind``, lacks a field the
-            replay reads or has one of another type than the writer writes, or
-            is a ``trace_started`` header of another format version than this
-            release reads (the message gives the line's 1-based number).
+            replay reads or has one of another type or value than the writer
+            writes (a ``time`` that is not finite, a negative count, limits
+            that are not positive or ``low > high``, ``high > hard``, a grant's
+            ``min > max``), or is a ``trace_started`` header of another format
+            version than this release reads (the message gives the line's
+            1-based number, the field and its value).
     """
     conns: dict[int, str] = {}
     locks: dict[int, tuple[str, int]] = {}  # held lock id -> (protocol, connection id)
@@ -597,7 +635,7 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
         events[kind] = events.get(kind, 0) + 1
         out["time"] = record.get("time", out["time"])
         try:
-            _check_fields(record, _REPLAYED_FIELDS.get(kind, _OTHER_KIND))
+            _check_fields(record, kind)
             if kind == "trace_started":
                 limits = record["low"], record["high"], record["hard"]
                 out["version"] = version
@@ -652,11 +690,12 @@ def replay_trace(lines: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
             elif kind == "admission_refused":
                 refusals[record["reason"]] = refusals.get(record["reason"], 0) + 1
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            problem = (
-                f"lacks the field {exc}"
-                if isinstance(exc, KeyError)
-                else f"has a field of the wrong type ({exc})"
-            )
+            if isinstance(exc, KeyError):
+                problem = f"lacks the field {exc}"
+            elif isinstance(exc, ValueError):
+                problem = f"has a field of a value the writer never writes ({exc})"
+            else:
+                problem = f"has a field of the wrong type ({exc})"
             raise ValueError(f"trace line {number} ({kind}) {problem}") from None
 
     for name, entry in protocols.items():

@@ -58,7 +58,10 @@ class Explanation:
     Attributes:
         connection_id: The connection's id.
         prunable: Whether any round could prune it now.
-        would_prune: Whether a round run now (not forced) would prune it.
+        would_prune: Whether a round run now (not forced) would prune it. At
+            ``hard`` or under sensing pressure that round may first revoke its
+            locks (``excluded_by`` still says ``"locked"``); ``phase``, ``rank``
+            and ``reason`` then come from the plan it makes after revoking.
         excluded_by: ``"closed"``, ``"protected"``, ``"locked"``, ``"grace"`` or ``None``.
         protected_tags: Tags protecting its peer.
         grace_until: Manager clock time its grace period ends.
@@ -100,6 +103,10 @@ class Explanation:
 _BOTH_FAILED = "the connection manager failed and the body of its block raised"
 _TRIGGER_HOOKS = ("check", "next_check", "connection_opened", "dial_reported", "round_completed")
 """A trigger's methods the manager calls without awaiting."""
+
+_TRIGGERS_IN_USE: set[int] = set()
+"""The ids of the triggers of the managers open now: a trigger keeps state (its
+windows, what it latched), so it serves one manager at a time, as a Sensing does."""
 
 
 def check_manager(field: str, value: object) -> None:
@@ -455,9 +462,10 @@ class ConnectionManager:
         # KeyboardInterrupt from its file, is held by the hub until the end.)
         with self._hub.closing():
             try:
-                # (Leaving regrants the others: their on_grant callbacks may raise
-                # what they must not catch, a KeyboardInterrupt. The others leave
-                # all the same, their tasks cancelled; then it is raised.)
+                # (The state is closed: leaving regrants nobody, so no on_grant
+                # runs. Should one leaving raise all the same (a trace file's
+                # KeyboardInterrupt), the others leave, their tasks cancelled;
+                # then it is raised.)
                 call_each(leave, list(state.members.values()))
             finally:
                 # Whatever a callback raised, every connection is closed (tracked
@@ -781,8 +789,21 @@ class ConnectionManager:
         reason = None
         min_blocked = False
         blocked_by: tuple[str, ...] = ()
-        if why is None:
+        revocable = False
+        emergency = self._regulator.emergency()
+        if why is None or (why == "locked" and emergency):
             plan = plan_now(state, now, trigger="explain")
+            if emergency:
+                # At hard or under sensing pressure a round revokes locks for what
+                # it is short of (SPEC §6), as the regulator does, then plans again
+                # and prunes that plan's victims: the answer is that plan's.
+                wanted = plan.shortfall - plan.excluded.get("grace", 0)
+                if wanted > 0:
+                    revoked = set(lock_revocations(state, now, wanted, forced=False, plan=plan))
+                    if revoked:
+                        revocable = conn in revoked
+                        plan = plan_now(state, now, trigger="explain", unlocked=revoked)
+        if why is None or revocable:
             for victim, why_pruned in zip(plan.connections, plan.reasons, strict=True):
                 if victim is conn:
                     reason = why_pruned
@@ -799,17 +820,20 @@ class ConnectionManager:
                 blocked_by = tuple(
                     sorted(m.name for m in members if m.usage - taken.get(m, 0) <= m.grant.min)
                 ) or tuple(sorted(m.name for m in members))
-        revocable = False
-        if why == "locked" and self._regulator.emergency():
-            # At hard or under sensing pressure a round revokes locks for what it
-            # is short of (SPEC §6), lowest tally first, as the regulator does.
-            plan = plan_now(state, now, trigger="explain")
-            wanted = plan.shortfall - plan.excluded.get("grace", 0)
-            revocable = wanted > 0 and conn in lock_revocations(state, now, wanted, forced=False)
         if conn.closed and why != "closed":
             # A scorer closed it while it was being scored: report what is now true.
             why, safe, value, reason, min_blocked = "closed", [], None, None, False
         head = f"connection #{conn.id} ({conn.direction.value}, peer {conn.peer!r})"
+        quiet = ""
+        regulator = self._regulator
+        if (
+            reason is not None
+            and state.count <= state.high
+            and not regulator.pressure
+            # (Other triggers, an Interval say, may start one below high.)
+            and all(type(t) in (HighWater, Pressure) for t in regulator.triggers)
+        ):
+            quiet = f"; no round starts on its own until the count exceeds high={state.high}"
         if why == "closed":
             text = f"{head} is closed ({conn.close_reason})"
             if conn.prune_reason is not None:
@@ -831,8 +855,8 @@ class ConnectionManager:
                     )
             text = f"{head} is safe: {'; '.join(parts)}"
             if revocable:
-                cause = "sensing pressure" if self._regulator.pressure else "the count at hard"
-                text += f"; but with {cause}, a round run now would revoke its locks"
+                cause = "sensing pressure" if regulator.pressure else "the count at hard"
+                text += f"; but with {cause}, a round run now would revoke its locks{quiet}"
         elif reason is not None:
             assert value is not None
             phase = reason.phase.value
@@ -844,14 +868,7 @@ class ConnectionManager:
                 f"{target} in the {phase} phase, tally {value:.3f} "
                 f"(count {state.count} > low {state.low})"
             )
-            regulator = self._regulator
-            if (
-                state.count <= state.high
-                and not regulator.pressure
-                # (Other triggers, an Interval say, may start one below high.)
-                and all(type(t) in (HighWater, Pressure) for t in regulator.triggers)
-            ):
-                text += f"; no round starts on its own until the count exceeds high={state.high}"
+            text += quiet
         elif min_blocked:
             text = f"{head} is kept: pruning it would take {', '.join(blocked_by)} below grant.min"
         elif state.count <= state.low:
@@ -966,6 +983,13 @@ async def open_connection_manager(
             # Its hooks would be called twice for each event: a Spike would count
             # every connection twice.
             raise ConfigError(f"triggers lists the same trigger twice: {trigger!r}")
+        if id(trigger) in _TRIGGERS_IN_USE:
+            # It would count both managers' connections and dials, and each
+            # manager's rounds would reset what it latched for the other.
+            raise ConfigError(
+                f"trigger {trigger!r} already serves another open connection manager; "
+                "give each manager its own"
+            )
         seen.add(id(trigger))
         for hook in _TRIGGER_HOOKS:
             check_not_async(f"trigger {trigger.name!r}: {hook}()", getattr(trigger, hook))
@@ -1004,6 +1028,7 @@ async def open_connection_manager(
         # Claimed before the first checkpoint (checked above, nothing awaited
         # since): a second manager opened meanwhile gets a plain ConfigError.
         sensing._claimed = True
+    _TRIGGERS_IN_USE.update(seen)  # (so are the triggers)
     body_error: BaseException | None = None
     manager: ConnectionManager | None = None
     try:
@@ -1062,6 +1087,7 @@ async def open_connection_manager(
         raise BaseExceptionGroup(_BOTH_FAILED, [fatal, exc]) from None
     finally:
         state.closed = True
+        _TRIGGERS_IN_USE.difference_update(seen)
         if sensing is not None:
             sensing._claimed = False
         if writer is not None:

@@ -19,7 +19,7 @@ import trio
 
 from ._core._planner import Phase, Plan, PruneReason, exclusion, plan_round
 from ._core._scoring import tally
-from ._core._state import Connection, State
+from ._core._state import Connection, EnrollmentState, State
 from ._errors import ConnMgrError, call_each
 from .triggers import HighWater, Pressure, Trigger, TriggerView
 
@@ -91,6 +91,7 @@ def lock_revocations(
     spared: Container[Connection] = (),
     *,
     forced: bool,
+    plan: Plan | None = None,
 ) -> list[Connection]:
     """Locked connections whose locks to revoke, lowest tally first.
 
@@ -100,6 +101,12 @@ def lock_revocations(
     all the same. A forced round takes them last, as going below a grant.min is
     its last resort. ``spared``: connections left out (locked again since the
     round revoked their locks).
+
+    ``plan``: the plan made without them, whose victims go first. What they take
+    from each protocol counts (a connection its protocol needs for its grant.min
+    once they are gone is needed all the same), and a forced round goes below a
+    grant.min with the candidates it kept for one (``plan.min_blocked``) before
+    revoking a lock to do so.
     """
     locked = [
         conn
@@ -108,13 +115,37 @@ def lock_revocations(
         and conn.peer not in state.protected
         and now >= conn.opened_at + state.grace_period  # (as in exclusion())
         and conn not in spared
-        and (forced or not below_min(conn))
     ]
+    if not locked:
+        return []
+    locked.sort(key=lambda conn: (tally(conn), conn.id))
+    # How far above its grant.min each protocol would be, as revocations are chosen.
+    # (Read after the scorers ran: one may have closed a stream, or a victim.)
+    room: dict[EnrollmentState, int] = {}
+    taken: dict[EnrollmentState, int] = {}
+    if plan is not None:
+        for victim in plan.connections:
+            for member in victim._protocols:
+                taken[member] = taken.get(member, 0) + 1
+    chosen: list[Connection] = []
+    needed: list[Connection] = []  # those a grant.min needs, in the same order
+    for conn in locked:
+        if len(chosen) >= wanted:
+            return chosen
+        members = tuple(conn._protocols)
+        for member in members:
+            if member not in room:
+                room[member] = member.usage - member.grant.min - taken.get(member, 0)
+        if all(room[member] > 0 for member in members):
+            chosen.append(conn)
+            for member in members:
+                room[member] -= 1
+        elif forced:
+            needed.append(conn)
     if forced:
-        locked.sort(key=lambda conn: (below_min(conn), tally(conn), conn.id))
-    else:
-        locked.sort(key=lambda conn: (tally(conn), conn.id))
-    return locked[:wanted]
+        last_resort = wanted - len(chosen) - (0 if plan is None else len(plan.min_blocked))
+        chosen += needed[: max(0, last_resort)]
+    return chosen
 
 
 class Regulator:
@@ -159,10 +190,12 @@ class Regulator:
         self.failure_window = failure_window
         self.pressure = False
         self._round_lock = trio.Lock()
-        # (number, failures counted) of the last round that began to revoke and
-        # prune: from there on a round runs to its end and is recorded, so a
-        # RoundCompleted with these is that round's (record_rounds reads it).
+        # (number, rounds begun) of the last round that began to revoke and
+        # prune: from there on a round runs to its end (or raises), and its
+        # RoundCompleted comes while this is still its own; no two rounds have
+        # the same, even after one that raised uncounted (record_rounds reads it).
         self.applying: tuple[int, int] = (0, 0)
+        self._begun = 0
         self._sleep: trio.CancelScope | None = None
         self._poked = False
         # Pokes that said connections may have become prunable (see poke()): a
@@ -341,6 +374,10 @@ class Regulator:
     ) -> int:
         """Plan and apply one round; return how many it pruned (appended to ``collect``)."""
         async with self._round_lock:
+            # This round plans after whatever fired so far: only what fires from
+            # here on outlives it (a round that ended early, a trim() cancelled
+            # while it planned, left what fired during it behind).
+            self._fired_meanwhile.clear()
             state = self._state
             started = time.perf_counter()
             now = trio.current_time()
@@ -362,7 +399,8 @@ class Regulator:
             # recorded (its checkpoints are only schedule points, and it awaits nothing
             # else); a cancellation reaches a trim() caller at its next checkpoint.
             with trio.CancelScope(shield=True):
-                self.applying = (state.rounds.count + 1, state.rounds.failures)
+                self._begun += 1
+                self.applying = (state.rounds.count + 1, self._begun)
                 plan, mark, revoked = await self._revoke_and_replan(
                     plan, mark, now, trigger, revoked_on, forced=forced, emergency=emergency
                 )
@@ -478,7 +516,7 @@ class Regulator:
             # soon: revoke locks only for the shortfall grace cannot explain.
             wanted -= plan.excluded.get("grace", 0)
         if wanted > 0 and (forced or emergency or self.pressure):
-            for conn in lock_revocations(state, now, wanted, revoked_on, forced=forced):
+            for conn in lock_revocations(state, now, wanted, revoked_on, forced=forced, plan=plan):
                 revoked_on.add(conn)
                 for lock in list(conn._locks):
                     revoked += state.end_lock(lock, "revoked")

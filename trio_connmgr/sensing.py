@@ -38,11 +38,13 @@ from typing import TYPE_CHECKING, Any, final
 import trio
 
 from ._config import (
+    MIN_PERIOD,
     Limits,
     check_count,
     check_fraction,
     check_not_async,
     check_open_fraction,
+    check_period,
     check_positive_float,
     exact_floor,
 )
@@ -229,8 +231,10 @@ class FileDescriptors(Sensor):
             values["limit"] = limit
             ceiling = max(0, exact_floor(self.fraction * limit / self.per_connection))
             if count is not None:
-                values["used"] = count / limit
-                if count >= self.pressure_at * limit:
+                # The share as "used" reports it: 7 open of 100 reaches 0.07
+                # (while 7 >= 0.07 * 100 is false in floating point).
+                values["used"] = used = count / limit
+                if used >= self.pressure_at:
                     pressure = True
                     detail = f"{count} of {limit} file descriptors open"
         return Reading(values, ceiling, pressure, detail)
@@ -294,7 +298,8 @@ class Memory(Sensor):
             "used": rss / self.budget,
         }
         details = []
-        if rss >= self.pressure_at * self.budget:
+        # (The share, not `rss >= pressure_at * budget`: see FileDescriptors.sample.)
+        if values["used"] >= self.pressure_at:
             details.append(f"RSS {rss} bytes is {rss / self.budget:.0%} of the budget")
         if available < self.reserve:
             details.append(f"{available} bytes available, below the reserve of {self.reserve}")
@@ -334,7 +339,8 @@ class DialHealth(Sensor):
 
     name = "dial-health"
     MAX_HISTORY = 65536
-    """Most dials kept within a window (older ones are forgotten early)."""
+    """Most dials (and latencies) kept within a window, or ``min_dials`` if that
+    is more (older ones are forgotten early)."""
 
     def __init__(
         self,
@@ -352,6 +358,8 @@ class DialHealth(Sensor):
             raise ConfigError(f"DialHealth.latency_factor must be > 1, got {latency_factor!r}")
         self.min_dials = check_count("DialHealth.min_dials", min_dials)
         self.baseline_dials = check_count("DialHealth.baseline_dials", baseline_dials)
+        # (At least min_dials: fewer could never mean pressure.)
+        self._history = max(self.MAX_HISTORY, self.min_dials)
         self._dials: deque[tuple[float, bool]] = deque()
         self._failed = 0
         self._latencies: deque[tuple[float, float]] = deque()
@@ -384,13 +392,13 @@ class DialHealth(Sensor):
         dials = self._dials
         # (`t + window < now`, not `now - t > window`: a dial exactly one window
         # old stays within it, which the difference may miss by a rounding.)
-        while dials and (dials[0][0] + self.window < now or len(dials) > self.MAX_HISTORY):
+        while dials and (dials[0][0] + self.window < now or len(dials) > self._history):
             _, ok = dials.popleft()
             if not ok:
                 self._failed -= 1
         latencies = self._latencies
         while latencies and (
-            latencies[0][0] + self.window < now or len(latencies) > self.MAX_HISTORY
+            latencies[0][0] + self.window < now or len(latencies) > self._history
         ):
             latencies.popleft()
 
@@ -443,7 +451,8 @@ class LoopLag(Sensor):
     lag is always zero.
 
     Args:
-        period: Seconds between two wake-ups.
+        period: Seconds between two wake-ups, at least ``1e-6`` (a shorter one
+            can vanish in the clock's rounding and keep the task busy).
         window: Seconds of lag history considered.
         threshold: Mean lag (seconds) that means pressure.
     """
@@ -453,7 +462,7 @@ class LoopLag(Sensor):
     def __init__(
         self, *, period: float = 0.25, window: float = 5.0, threshold: float = 0.05
     ) -> None:
-        self.period = check_positive_float("LoopLag.period", period)
+        self.period = check_period("LoopLag.period", period, allow_zero=False, minimum=MIN_PERIOD)
         self.window = check_positive_float("LoopLag.window", window)
         self.threshold = check_positive_float("LoopLag.threshold", threshold)
         self._lags: deque[tuple[float, float]] = deque()
@@ -600,7 +609,8 @@ class Sensing:
 
     Args:
         sensors: The :class:`Sensor` objects (unique names; at least one).
-        interval: Seconds between two samples.
+        interval: Seconds between two samples, at least ``1e-6`` (a shorter
+            one can vanish in the clock's rounding and keep the task busy).
         floor: The share never goes below this many connections (default: half
             of ``Limits.low``, at least 1). Must be ``<= Limits.high``.
         increase: Connections added per healthy interval (default: 5% of
@@ -652,7 +662,9 @@ class Sensing:
                     f"async function (it runs as a task), got {sensor.run!r}"
                 )
         self.sensors: tuple[Sensor, ...] = tuple(sensors)
-        self.interval = check_positive_float("Sensing.interval", interval)
+        self.interval = check_period(
+            "Sensing.interval", interval, allow_zero=False, minimum=MIN_PERIOD
+        )
         self.floor = _check_optional_count("Sensing.floor", floor)
         self.increase = _check_optional_count("Sensing.increase", increase)
         self.decrease = check_fraction(
@@ -802,9 +814,11 @@ class Sensing:
         )
         self.last = decision
         manager._regulator.pressure = decision.pressure
+        shrunk = False
         if decision.cause is not None:
             old = state.high
             state.set_share(decision.share, decision.cause)
+            shrunk = state.high < old
             logger.info(
                 "global share %d -> %d (%s)%s",
                 old,
@@ -819,7 +833,9 @@ class Sensing:
             "pressure": float(decision.pressure),
         }
         if state.count > state.high or (decision.pressure and state.count > state.low):
-            manager._regulator.poke()
+            # A smaller share lowers the grant.mins: connections a round left
+            # short had to keep for one may be prunable now.
+            manager._regulator.poke(prunable_changed=shrunk)
         return decision
 
     def __repr__(self) -> str:

@@ -125,7 +125,8 @@ async def serve_tcp(
 
     Raises:
         ConfigError: ``manager`` is not a ConnectionManager, ``handler`` is not
-            callable, ``port`` is not an integer from 0 to 65535, or ``peer_of``
+            callable, ``port`` is not an integer from 0 to 65535, ``host`` is
+            not a non-empty string or ``None``, or ``peer_of``
             or ``address_of`` is not a synchronous function (before listening).
             An exception from ``peer_of`` or ``address_of`` stops the server
             like one from the handler, and so does a ``ConfigError`` naming the
@@ -137,6 +138,8 @@ async def serve_tcp(
     if not callable(handler):
         raise ConfigError(f"serve_tcp handler must be callable, got {handler!r}")
     _check_port("serve_tcp port", port, lowest=0)
+    if host is not None and (not isinstance(host, str) or not host):
+        raise ConfigError(f"serve_tcp host must be a non-empty string or None, got {host!r}")
     for field, hook in (("peer_of", peer_of), ("address_of", address_of)):
         if hook is not None and not callable(hook):
             raise ConfigError(f"serve_tcp {field} must be callable or None, got {hook!r}")
@@ -170,7 +173,7 @@ async def serve_tcp(
         except (ConnectionRefused, ManagerClosed) as exc:
             if admitted:
                 raise  # the handler's own error, not admission
-            logger.debug("inbound TCP connection from %s not admitted: %s", stream, exc)
+            logger.debug("inbound TCP connection from %s not admitted: %s", key, exc)
         # No close here: trio.serve_listeners closes every handler's stream
         # (aclose_forcefully) as soon as the handler returns, whatever happened.
 
@@ -205,7 +208,8 @@ async def open_tcp_connection(
         manager: The :class:`~trio_connmgr.ConnectionManager`.
         host: Host name or IP address to dial (a non-empty string).
         port: TCP port to dial, from 1 to 65535.
-        peer: The peer identity (default: ``"host:port"``).
+        peer: The peer identity (default: ``"host:port"``, ``"[host]:port"`` for
+            an IPv6 address).
 
     Raises:
         ConfigError: ``manager`` is not a ConnectionManager, ``host`` is not a
@@ -219,7 +223,10 @@ async def open_tcp_connection(
     if not isinstance(host, str) or not host:
         raise ConfigError(f"open_tcp_connection host must be a non-empty string, got {host!r}")
     _check_port("open_tcp_connection port", port, lowest=1)
-    key: Hashable = peer if peer is not None else f"{host}:{port}"
+    key: Hashable = peer
+    if peer is None:
+        # As serve_tcp names its peers: an IPv6 address in brackets.
+        key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     check_peer("open_tcp_connection peer", key)
     manager._check_open()
     started = trio.current_time()

@@ -37,7 +37,9 @@ triggers have the dial; from ``check``, ``next_check`` or
 with back-off (repeated failures stop the manager, SPEC §8), except that
 ``round_completed`` after a round run by ``mgr.trim()`` makes that call raise it
 (the round is recorded first, and the other triggers are told). A trigger keeps
-state (its windows, what it latched, its last round): give each manager its own.
+state (its windows, what it latched, its last round): give each manager its own
+(one serving an open manager is refused to another with a ``ConfigError``; once
+that manager has closed, it may serve a new one).
 """
 
 from __future__ import annotations
@@ -49,7 +51,13 @@ from typing import final
 
 import attrs
 
-from ._config import check_count, check_open_fraction, check_positive_float
+from ._config import (
+    MIN_PERIOD,
+    check_count,
+    check_open_fraction,
+    check_period,
+    check_positive_float,
+)
 from ._errors import ConfigError
 
 __all__ = ["FailedDials", "HighWater", "Interval", "Pressure", "Spike", "Trigger", "TriggerView"]
@@ -192,11 +200,16 @@ class FailedDials(Trigger):
     """
 
     name = "failed-dials"
+    MAX_HISTORY = 65536
+    """Most dials kept within a window, or ``min_dials`` if that is more: older
+    ones are forgotten early (as by :class:`~trio_connmgr.sensing.DialHealth`),
+    and the share is then that of the latest dials kept."""
 
     def __init__(self, ratio: float, window: float, min_dials: int = 10) -> None:
         self.ratio = check_open_fraction("FailedDials.ratio", ratio)
         self.window = check_positive_float("FailedDials.window", window)
         self.min_dials = check_count("FailedDials.min_dials", min_dials)
+        self._history = max(self.MAX_HISTORY, self.min_dials)
         self._dials: deque[tuple[float, bool]] = deque()
         self._failed = 0
         self._fired = False
@@ -204,7 +217,7 @@ class FailedDials(Trigger):
     def _forget(self, now: float) -> None:
         dials = self._dials
         # (A dial exactly one window old stays: see Spike.connection_opened.)
-        while dials and dials[0][0] + self.window < now:
+        while dials and (dials[0][0] + self.window < now or len(dials) > self._history):
             _, ok = dials.popleft()
             if not ok:
                 self._failed -= 1
@@ -245,13 +258,15 @@ class Interval(Trigger):
     """Fires every ``period`` seconds (measured from the last round).
 
     Args:
-        period: Seconds between rounds.
+        period: Seconds between rounds, at least ``1e-6`` (one microsecond: a
+            shorter one can vanish in the clock's rounding, ``now + period ==
+            now``, and keep the regulator busy at one instant).
     """
 
     name = "interval"
 
     def __init__(self, period: float) -> None:
-        self.period = check_positive_float("Interval.period", period)
+        self.period = check_period("Interval.period", period, allow_zero=False, minimum=MIN_PERIOD)
         self._last: float | None = None
 
     def next_check(self, now: float) -> float:

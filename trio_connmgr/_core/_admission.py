@@ -23,7 +23,8 @@ _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 MAX_BURST = 2**53
 """The largest token-bucket size (the largest integer a float holds exactly)."""
 SWEEP_EVERY = 1024
-"""Token-bucket takes between two sweeps of buckets that have refilled completely."""
+"""Token-bucket takes between two sweeps of buckets that have refilled completely
+(at least: never fewer than the buckets the last sweep left)."""
 
 
 def parse_networks(field: str, cidrs: Iterable[str] | str | None) -> tuple[Network, ...]:
@@ -213,6 +214,7 @@ class RateLimiter:
         self.ipv6_prefix = check_prefix("Admission.rate_ipv6_prefix", ipv6_prefix, 128)
         self.buckets: dict[Network, TokenBucket] = {}
         self._takes = 0
+        self._sweep_at = SWEEP_EVERY
 
     def subnet(self, ip: IPAddress) -> Network:
         """The subnet whose bucket ``ip`` draws from."""
@@ -221,7 +223,7 @@ class RateLimiter:
     def take(self, ip: IPAddress, now: float) -> tuple[bool, Network, TokenBucket]:
         """Spend a token of ``ip``'s subnet: (admitted, subnet, its bucket)."""
         self._takes += 1
-        if self._takes >= SWEEP_EVERY:
+        if self._takes >= self._sweep_at:
             self.sweep(now)
         key = self.subnet(ip)
         bucket = self.buckets.get(key)
@@ -240,6 +242,10 @@ class RateLimiter:
         ]
         for key in stale:
             del self.buckets[key]
+        # A sweep looks at every bucket: the next one waits for as many takes as
+        # buckets are left, so a take costs O(1) however many subnets are live
+        # (and until then the buckets grow to twice those left, or SWEEP_EVERY more).
+        self._sweep_at = max(SWEEP_EVERY, len(self.buckets))
         return len(stale)
 
 

@@ -93,7 +93,8 @@ class ConnectionClosed(Event):
 @final
 @attrs.frozen
 class ConnectionPruned(Event):
-    """A round chose this connection as a victim (a ConnectionClosed follows at once).
+    """A round, or an admission eviction at ``hard``, chose this connection as a
+    victim (a ConnectionClosed follows at once).
 
     Attributes:
         connection_id: The connection's id.

@@ -30,12 +30,14 @@ applies the plan to check.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import enum
 import itertools
 import math
 import operator
-from collections.abc import Callable, Generator, Iterable, Sequence
+import sys
+from collections.abc import Callable, Container, Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, final
 
 import attrs
@@ -53,9 +55,10 @@ SORT_RUN = 8192
 BATCH_MIN = 8
 """Fewest victims taken in one batch; fewer are cheaper to take one by one."""
 TIE = 1e-9
-"""Tallies at most this far apart (relative to the round's largest, or absolute
-below 1) are equal in phase 4: the same scores summed in another order may differ in
-their last bits, and the tie rule must not depend on that."""
+"""Tallies at most this far apart (relative to the round's largest finite one, or
+absolute below 1) are equal in phase 4: the same scores summed in another order may
+differ in their last bits, and the tie rule must not depend on that. Infinite
+tallies (enormous weights) are equal to each other."""
 
 
 @final
@@ -78,8 +81,9 @@ class PruneReason(NamedTuple):
 
     Attributes:
         phase: The :class:`Phase` that chose it.
-        protocol: The burst's protocol (phase ``burst``) or the offending protocol
-            (phase ``offender``); ``None`` otherwise.
+        protocol: The burst's protocol (phase ``burst``: of the bursts that used the
+            connection, one that closed last, the first by name if several did) or
+            the offending protocol (phase ``offender``); ``None`` otherwise.
         tally: The connection's tally at planning time.
         rank: 1-based position among the round's victims.
         trigger: Name of the trigger that started the round.
@@ -178,7 +182,11 @@ def _plain(stream: Stream) -> bool:
 
 
 def _burst_key(state: State, conn: Connection, now: float) -> tuple[float, str] | None:
-    """(latest close time, protocol) if only recently-closed bursts used ``conn``."""
+    """(latest close time, protocol) if only recently-closed bursts used ``conn``.
+
+    Of bursts of several protocols that closed last at the same time, the protocol
+    first by name (as offenders of equal standing are ordered).
+    """
     bursts = conn._bursts
     if not bursts or conn._plain_use:
         return None
@@ -190,6 +198,9 @@ def _burst_key(state: State, conn: Connection, now: float) -> tuple[float, str] 
             return None
         if latest is None or closed_at > latest:
             latest = closed_at
+            protocol = burst.protocol
+        elif closed_at == latest and burst.protocol < protocol:
+            # (``bursts`` is a set: its order is no order.)
             protocol = burst.protocol
     if latest is None or latest + state.burst_linger < now:  # (the edge is in)
         return None
@@ -271,6 +282,7 @@ def plan_round(
     trigger: str = "manual",
     forced: bool = False,
     chunk: int = CHUNK,
+    unlocked: Container[Connection] = (),
 ) -> Generator[None, None, Plan]:
     """Plan a round over ``state`` at time ``now``; yields between chunks, returns a Plan.
 
@@ -281,6 +293,9 @@ def plan_round(
         trigger: Name recorded in every :class:`PruneReason`.
         forced: Allow taking protocols below ``grant.min`` when nothing else is left.
         chunk: Work done between two yields.
+        unlocked: Locked connections to plan as if their locks were revoked: the
+            plan a round makes again once it has revoked them (``explain()``
+            asks for it without revoking anything).
     """
     conns = list(state.connections.values())
     n = len(conns)
@@ -341,7 +356,7 @@ def plan_round(
                 why = None
                 if protected and conn.peer in protected:
                     why = "protected"
-                elif conn._locks:
+                elif conn._locks and conn not in unlocked:
                     why = "locked"
                     if now < conn.opened_at + grace:  # (as in exclusion())
                         # Revocable under pressure once its grace period ends.
@@ -427,8 +442,9 @@ def plan_round(
     def leave_out_closed() -> None:
         """Leave out the connections not yet taken that closed since they were
         classified: never victims, in no protocol's usage, and no longer above low."""
-        nonlocal closes, dropped, target
+        nonlocal closes, dropped, target, grace_ends
         closes = state.connections_closed
+        ends = grace_ends
         for i in itertools.compress(range(n), free):
             if not conns[i].closed:
                 continue
@@ -442,6 +458,8 @@ def plan_round(
                 del excluded[why]
             else:
                 excluded[why] -= 1
+            if why is not None and why != "protected" and conns[i].opened_at + grace == ends:
+                grace_ends = math.inf  # (it may have set it: found again below)
             if by_shape:
                 shape_counts[plain_shape[i]] -= 1
             else:
@@ -449,6 +467,17 @@ def plan_round(
                     usage[member] -= 1
                 for member in shapes[plain_shape[i]]:
                     plain_usage[member] -= 1
+        if grace_ends != ends:
+            # A connection whose grace period ended first closed: the earliest end
+            # among those still held (the locked and in-grace ones, as classified).
+            grace_ends = min(
+                (
+                    conns[j].opened_at + grace
+                    for j, why in held.items()
+                    if why != "protected" and now < conns[j].opened_at + grace
+                ),
+                default=math.inf,
+            )
 
     if state.connections_closed != closes:
         leave_out_closed()
@@ -526,16 +555,11 @@ def plan_round(
         # the number of fields: these are all six).
         reasons.extend(map(tuple.__new__, itertools.repeat(PruneReason), fields))
 
-    def burst_protocol(i: int) -> str | None:
-        """Outside the offender phase, the protocol a reason names: the burst's,
-        for a burst-only connection."""
-        burst = bursts.get(i)
-        return None if burst is None else burst[1]
-
-    def names(items: list[int], protocol: str | None) -> Iterable[str | None]:
-        """The ``protocol`` of each reason for ``items`` (see ``burst_protocol``)."""
-        if protocol is None and bursts:
-            return list(map(burst_protocol, items))
+    def names(items: list[int], phase: Phase, protocol: str | None) -> Iterable[str | None]:
+        """The ``protocol`` of each reason for ``items``: the burst's in the burst
+        phase (a burst-only connection taken in a later phase names none)."""
+        if phase is Phase.BURST:
+            return [bursts[i][1] for i in items]
         return itertools.repeat(protocol)
 
     def batch(
@@ -568,8 +592,8 @@ def plan_round(
         else:
             run = list(itertools.compress(fresh[:stop], ok))
             stuck = list(itertools.compress(fresh[:stop], map(operator.not_, ok)))
-            blocked.extend(zip(stuck, itertools.repeat(phase), names(stuck, protocol)))
-        take_all(run, phase, names(run, protocol))
+            blocked.extend(zip(stuck, itertools.repeat(phase), names(stuck, phase, protocol)))
+        take_all(run, phase, names(run, phase, protocol))
         return None if count == wanted else fresh[stop:]
 
     # Phases 3 and 4 read ``busy`` by ascending tally, each run of tied tallies
@@ -585,10 +609,10 @@ def plan_round(
         nonlocal ordered_to
         while ordered_to < min(stop, len(busy)):
             end = min(ordered_to + chunk, len(busy))
-            while end < len(busy) and tallies[busy[end]] - tallies[busy[end - 1]] <= tolerance:
+            while end < len(busy) and ties_by[busy[end]] - ties_by[busy[end - 1]] <= tolerance:
                 end += 1
             window = busy[ordered_to:end]
-            _break_ties(window, tallies.__getitem__, lambda i: _tie_key(conns[i]), tolerance)
+            _break_ties(window, ties_by.__getitem__, lambda i: _tie_key(conns[i]), tolerance)
             busy[ordered_to:end] = window
             ordered_to = end
 
@@ -636,7 +660,7 @@ def plan_round(
                     return
                 if offender is not None and plain_usage[offender] <= offender.grant.max:
                     return
-                protocol = burst_protocol(i) if offender is None and bursts else name
+                protocol = bursts[i][1] if phase is Phase.BURST else name
                 for member in shapes[member_shape[i]]:
                     if usage[member] <= member.grant.min:
                         blocked.append((i, phase, protocol))
@@ -654,10 +678,20 @@ def plan_round(
         yield from select(idle, Phase.IDLE)
     # Phases 3 and 4 take candidates by ascending tally (ties: see order_ties).
     tolerance = 0.0
+    ties_by = tallies  # the tallies that ties are found in
     if len(victims) < target:
         yield from _sorted(busy, tallies.__getitem__)
         if busy:
-            tolerance = TIE * max(1.0, tallies[busy[-1]])
+            largest = tallies[busy[-1]]
+            if largest == math.inf:
+                # Tallies overflowed (weights near the largest float). The infinite
+                # ones are equal (but inf - inf is NaN: they are found tied as the
+                # largest float), and the tolerance is relative to the largest
+                # finite tally (relative to inf, it would tie every tally).
+                finite = bisect.bisect_left(busy, math.inf, key=tallies.__getitem__)
+                largest = tallies[busy[finite - 1]] if finite else 0.0
+                ties_by = [min(value, sys.float_info.max) for value in tallies]
+            tolerance = TIE * max(1.0, largest)
     # Phase 3: offending protocols, most over quota first, lowest tally first within.
     offenders = [m for m, k in plain_usage.items() if k > m.grant.max and not m.closed]
     offenders.sort(key=lambda m: (-plain_usage[m] / max(m.grant.max, 0.5), m.name))
@@ -670,6 +704,21 @@ def plan_round(
         yield from select(busy, Phase.TALLY)
     # Forced rounds may go below grant.min when nothing else is left.
     if forced:
+        # First the candidates that no protocol blocks any more: the one that did
+        # left, or its grant.min fell, while the round yielded. Taking them takes
+        # no protocol below its grant.min: no forced victims. (A burst-only one
+        # comes after the victims of later phases: it goes by its tally, as it
+        # would have in phase 4, since burst victims come first in a plan.)
+        for i, phase, protocol in blocked:
+            if len(victims) >= target:
+                break
+            if free[i] and all(
+                member.closed or usage[member] > member.grant.min
+                for member in shapes[member_shape[i]]
+            ):
+                if phase is Phase.BURST:
+                    phase, protocol = Phase.TALLY, None
+                take(i, phase, protocol)
         for i, phase, protocol in blocked:
             if len(victims) >= target:
                 break

@@ -452,9 +452,13 @@ class State:
         self.low = max(1, min(share, round(self.limits.low * share / self.limits.high)))
         # Back at the configured limits is "configured", whatever brought it back.
         self.limits_source = "configured" if share == self.limits.high else cause
-        if self.sink is not None:
-            self.sink(ev.LimitsChanged(self.clock(), self.low, self.high, self.hard, cause))
-        return self.regrant()
+        # The grants follow the share before anything is announced: an event
+        # writer raising what must not be caught (a KeyboardInterrupt) leaves no
+        # grant behind, nor an enrollment untold of its change (see regrant).
+        changes = self._set_grants()
+        limits_changed = ev.LimitsChanged(self.clock(), self.low, self.high, self.hard, cause)
+        self._tell(changes, first=limits_changed)
+        return [member for member, _ in changes]
 
     # ------------------------------------------------------------- connections
 
@@ -676,7 +680,11 @@ class State:
         return self.regrant(allocate(share, quotas, strict), new=member)
 
     def leave(self, member: EnrollmentState) -> list[EnrollmentState]:
-        """Remove an enrollment: close its streams, end its locks, return its quota."""
+        """Remove an enrollment: close its streams, end its locks, return its quota.
+
+        Returns the enrollments regranted; none once the state is closed (the
+        manager closing regrants nobody as its enrollments leave).
+        """
         if member.closed:
             return []
         member.closed = True
@@ -697,11 +705,12 @@ class State:
 
         # An event writer may raise what must not be caught (a KeyboardInterrupt):
         # every lock and burst ends all the same and the quota is returned (the
-        # others regranted), and then it is raised.
+        # others regranted), and then it is raised. Not while the manager closes,
+        # which takes every enrollment away: no grant changes on the way out.
         try:
             call_each(end, ending)
         finally:
-            changed = self.regrant()
+            changed = [] if self.closed else self.regrant()
         return changed
 
     def regrant(
@@ -714,30 +723,48 @@ class State:
         Should a callback raise what it must not catch (a ``KeyboardInterrupt``),
         the others are told all the same, and then it is raised.
         """
+        changes = self._set_grants(grants, new=new)
+        self._tell(changes)
+        return [member for member, _ in changes]
+
+    def _set_grants(
+        self, grants: list[Grant] | None = None, *, new: EnrollmentState | None = None
+    ) -> list[tuple[EnrollmentState, Grant]]:
+        """Set every grant (recomputed unless given); return ``(member, old grant)``
+        for those that changed, and for ``new``."""
         members = list(self.members.values())
         if grants is None:
             grants = allocate(self.share, [m.quota for m in members], [m.strict for m in members])
-        changed: list[tuple[EnrollmentState, Grant]] = []
+        changes: list[tuple[EnrollmentState, Grant]] = []
         for member, grant in zip(members, grants, strict=True):
             if grant != member.grant or member is new:
-                changed.append((member, member.grant))
+                changes.append((member, member.grant))
                 member.grant = grant
+        return changes
+
+    def _tell(
+        self, changes: list[tuple[EnrollmentState, Grant]], first: ev.Event | None = None
+    ) -> None:
+        """Announce grants set by :meth:`_set_grants` (after ``first``, an event of
+        what moved them): GrantChanged events, waiters woken, callbacks called."""
 
         # Every grant is set before anyone is told: a callback sees them all as
         # they are now, and one that raises (even a KeyboardInterrupt) leaves no
         # grant behind. Nor anyone untold: the others still get their event,
         # their waiters woken and their callback; then the first error is raised.
-        def tell(change: tuple[EnrollmentState, Grant]) -> None:
+        def tell(change: tuple[EnrollmentState, Grant] | None) -> None:
+            sink = self.sink
+            if change is None:
+                if sink is not None and first is not None:
+                    sink(first)
+                return
             member, old = change
             grant = member.grant
-            if self.sink is not None:
-                self.sink(
-                    ev.GrantChanged(self.clock(), member.name, grant.min, grant.max, self.share)
-                )
+            if sink is not None:
+                sink(ev.GrantChanged(self.clock(), member.name, grant.min, grant.max, self.share))
             member._grant_changed(old, grant)
 
-        call_each(tell, changed)
-        return [member for member, _ in changed]
+        call_each(tell, changes if first is None else [None, *changes])
 
     # -------------------------------------------------------------- protection
 

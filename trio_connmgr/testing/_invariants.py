@@ -18,9 +18,6 @@ if TYPE_CHECKING:
     from .._core._state import Connection, State
     from .._manager import ConnectionManager
 
-# Tolerance for comparing times on the manager clock.
-_EPSILON = 1e-9
-
 
 class _Omitted(enum.Enum):
     """``last_round`` not given: check the manager only, no round."""
@@ -301,9 +298,11 @@ def _check_round(
     state: State, last_round: RoundResult | RoundCompleted, problems: list[str]
 ) -> None:
     low, high = state.low, state.high
+    pruned_at: tuple[float, ...] = ()
     if isinstance(last_round, RoundResult):
         completed = last_round.completed
         pruned: Iterable[Connection] = last_round.pruned
+        pruned_at = last_round._pruned_at
         if last_round.limits is not None:
             # The limits the round worked to: sensing may have changed them since.
             low, high = last_round.limits.low, last_round.limits.high
@@ -328,7 +327,11 @@ def _check_round(
             )
     pruned = list(pruned)
     ranks: list[int] = []
-    for conn in pruned:
+    # When each victim was pruned: a round may run on long after (the clock moves
+    # while it yields), and a victim in its grace period then is past it by the
+    # round's end. (A result made by hand has only the round's end.)
+    times = pruned_at or (completed.time,) * len(pruned)
+    for conn, at in zip(pruned, times, strict=True):
         reason = conn.prune_reason
         if not conn.closed or conn.close_reason != "pruned" or reason is None:
             problems.append(
@@ -342,10 +345,12 @@ def _check_round(
                 f"pruned connection #{conn.id} still has {len(conn.streams)} open stream(s) "
                 "(invariant 7)"
             )
-        if completed.time - conn.opened_at < state.grace_period - _EPSILON:
+        # (As the regulator compares: far along the clock, ``at - opened_at`` may
+        # come out short of the grace period at its very end.)
+        if at < conn.opened_at + state.grace_period:
             problems.append(
-                f"connection #{conn.id} was pruned at t={completed.time:.3f}, "
-                f"{completed.time - conn.opened_at:.3f}s after opening, within its grace "
+                f"connection #{conn.id} was pruned at t={at:.3f}, "
+                f"{at - conn.opened_at:.3f}s after opening, within its grace "
                 f"period of {state.grace_period}s (invariant 2)"
             )
         if reason.forced and not completed.forced:

@@ -157,6 +157,9 @@ class RoundResult:
     # (its peer protected, a lock dropped with it, a protocol taken below its
     # grant.min), in the words check_invariants reports.
     _violations: tuple[str, ...] = attrs.field(default=(), repr=False, alias="violations")
+    # The manager clock as each victim was pruned, in the order of ``pruned``
+    # (empty for a result made by hand: the round's end stands for them).
+    _pruned_at: tuple[float, ...] = attrs.field(default=(), repr=False, alias="pruned_at")
 
     @property
     def reasons(self) -> tuple[PruneReason, ...]:
@@ -197,15 +200,26 @@ class RoundRecorder:
         # Connections by id, so that a prune event can name the object.
         self._known: dict[int, Connection] = dict(manager._state.connections)
         self._pending: list[Connection] = []
+        self._pruned_at: list[float] = []
+        # The regulator's ``applying`` as they were pruned: a round that raised as
+        # it pruned never completes, and its victims are not those of the next
+        # round, which applies under another. (What was seen as they were pruned
+        # is kept, and reported with the next round.)
+        self._pending_round: tuple[int, int] | None = None
         self._violations: list[str] = []
         # Connections whose held lock was just dropped because they closed.
         self._dropped_locks: set[int] = set()
         # A round already pruning (it yields between chunks) may have pruned some
         # of its victims before recording began: it is not recorded, half seen.
-        # (One still planning has pruned nothing: it is recorded.)
-        self._state_rounds = manager._state.rounds
-        # (Between rounds, the last one to prune has already been recorded.)
-        self._skip_round: tuple[int, int] | None = manager._regulator.applying
+        # It completes while the regulator's ``applying`` is still this one. (One
+        # still planning has pruned nothing: it is recorded. Between rounds there
+        # is none: the last round that pruned has completed, or raised as it
+        # pruned, uncounted if a trim() raised, and then the next round applies
+        # under the same ``applying``.)
+        self._regulator = regulator = manager._regulator
+        self._skip_round: tuple[int, int] | None = (
+            regulator.applying if regulator._round_lock.locked() else None
+        )
         self.rounds: list[RoundResult] = []
 
     def _on_event(self, event: Event) -> None:
@@ -222,23 +236,31 @@ class RoundRecorder:
             conn = self._known.get(event.connection_id)
             # Not an eviction by admission at hard (outside any round).
             if conn is not None and conn.close_reason == PRUNED:
+                if self._pending_round != self._regulator.applying:
+                    self._pending, self._pruned_at = [], []
+                    self._pending_round = self._regulator.applying
                 self._pending.append(conn)
+                self._pruned_at.append(event.time)
                 self._inspect(conn, event)
         elif isinstance(event, ConnectionClosed):
             self._known.pop(event.connection_id, None)
             self._dropped_locks.discard(event.connection_id)
         elif isinstance(event, RoundCompleted):
             skip, self._skip_round = self._skip_round, None
-            if skip != (event.number, self._state_rounds.failures):
+            if self._pending_round != self._regulator.applying:
+                self._pending, self._pruned_at = [], []
+            if skip != self._regulator.applying:
                 self.rounds.append(
                     RoundResult(
                         tuple(self._pending),
                         event,
                         self._manager.limits,
                         violations=tuple(self._violations),
+                        pruned_at=tuple(self._pruned_at),
                     )
                 )
             self._pending = []
+            self._pruned_at = []
             self._violations = []
 
     def _inspect(self, conn: Connection, event: ConnectionPruned) -> None:
