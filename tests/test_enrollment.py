@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 import trio
 import trio.lowlevel
@@ -269,3 +271,54 @@ async def test_an_async_trigger_hook_is_a_config_error(hook: str) -> None:
     ):
         async with cm.open_connection_manager(limits=cm.Limits(1, 10), triggers=[Async()]):
             pass  # pragma: no cover
+
+
+async def start_as_the_block_leaves(
+    start: Callable[[cm.Enrollment], Awaitable[object]],
+) -> list[BaseException]:
+    """Call ``start(enrollment)`` from a task outside the enrollment just as its
+    block exits, 40 times (whether it runs before the block has finished leaving
+    is up to trio's scheduling: enough times to see both orders); return what
+    was raised other than ResourceClosed."""
+    errors: list[BaseException] = []
+
+    async def starter(enrollment: cm.Enrollment, leaving: trio.Event) -> None:
+        await leaving.wait()
+        try:
+            await start(enrollment)
+        except cm.ResourceClosed:
+            pass
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    async with cm.open_connection_manager(limits=cm.Limits(10, 20)) as mgr:
+        for _ in range(40):
+            leaving = trio.Event()
+            async with (
+                trio.open_nursery() as nursery,
+                mgr.enroll("p", quota=cm.Quota(0, 5)) as p,
+            ):
+                nursery.start_soon(starter, p, leaving)
+                await trio.testing.wait_all_tasks_blocked()
+                leaving.set()
+    return errors
+
+
+async def test_starting_a_task_as_the_block_leaves_is_resource_closed() -> None:
+    # The nursery has closed, but the block has not yet finished leaving: the
+    # documented ResourceClosed, never trio's "Nursery is closed to new arrivals".
+    async def start_soon(enrollment: cm.Enrollment) -> None:
+        enrollment.start_soon(trio.lowlevel.checkpoint)
+
+    assert await start_as_the_block_leaves(start_soon) == []
+
+
+async def test_start_as_the_block_leaves_is_resource_closed_after_a_checkpoint() -> None:
+    async def started(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+
+    async def start(enrollment: cm.Enrollment) -> None:
+        with trio.testing.assert_checkpoints():
+            await enrollment.start(started)
+
+    assert await start_as_the_block_leaves(start) == []

@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 import trio_connmgr as cm
-from trio_connmgr.triggers import Interval, Spike
+from trio_connmgr.triggers import FailedDials, Interval, Spike
 
 LIMITS = cm.Limits(low=1, high=100)
 
@@ -61,3 +61,45 @@ async def test_a_trigger_is_free_again_after_its_manager_raised(
             raise KeyError("body")
     async with cm.open_connection_manager(limits=LIMITS, triggers=[spike]):
         pass
+
+
+async def test_a_manager_sees_no_spike_of_the_one_before() -> None:
+    # Two openings in the first manager and one in the next, within the window:
+    # the second manager saw one opening, no spike of 2 (or 3).
+    spike = Spike(2, window=10.0)
+    async with cm.open_connection_manager(limits=LIMITS, triggers=[spike]) as mgr:
+        for peer in ("a", "b"):
+            mgr.track(peer, direction="inbound", close=noop_close)
+    async with cm.open_connection_manager(limits=LIMITS, triggers=[spike]) as mgr:
+        mgr.track("c", direction="inbound", close=noop_close)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().rounds.count == 0
+
+
+async def test_a_manager_counts_no_failed_dial_of_the_one_before() -> None:
+    failed = FailedDials(ratio=0.5, window=60.0, min_dials=2)
+    async with cm.open_connection_manager(limits=LIMITS, triggers=[failed]) as mgr:
+        mgr.report_dial("x", ok=False, latency=None)
+    async with cm.open_connection_manager(limits=LIMITS, triggers=[failed]) as mgr:
+        mgr.report_dial("y", ok=False, latency=None)  # one dial in this manager
+        await trio.testing.wait_all_tasks_blocked()
+        assert mgr.statistics().rounds.count == 0
+
+
+def test_an_interval_counts_from_the_manager_of_each_run() -> None:
+    # A trigger reused in a later Trio run (a test suite's shared configuration):
+    # its period counts from the new manager's opening, not from the time of
+    # the run before, which a new clock may be far behind.
+    interval = Interval(5)
+    runs: list[tuple[float, int]] = []
+
+    async def run(start: float) -> None:
+        async with cm.open_connection_manager(limits=LIMITS, triggers=[interval]) as mgr:
+            await trio.sleep(6)
+            runs.append((trio.current_time() - start, mgr.statistics().rounds.count))
+
+    for start in (1000.0, 0.0):
+        clock = trio.testing.MockClock(autojump_threshold=0)
+        clock.jump(start)
+        trio.run(run, start, clock=clock)
+    assert runs == [(6.0, 1), (6.0, 1)]

@@ -54,6 +54,7 @@ class Enrollment(EnrollmentState):
 
     _manager: ConnectionManager | None = None
     _nursery: trio.Nursery | None = None
+    _body_done: bool = False  # its block's body has exited
     _on_grant: Callable[[Grant], object] | None = None
     _grant_event: trio.Event | None = None
 
@@ -62,9 +63,13 @@ class Enrollment(EnrollmentState):
     def _open_nursery(self) -> trio.Nursery:
         # Closed with its nursery still open: the manager's exit closed it while
         # its block is still exiting (the nursery cancelled, its tasks finishing).
-        if self._nursery is None or self.closed:
+        # And once the body has exited with no task left, trio closes the nursery
+        # (refusing new tasks with a RuntimeError of its own) before the block
+        # has finished leaving: that is leaving too.
+        nursery = self._nursery
+        if nursery is None or self.closed or (self._body_done and not nursery.child_tasks):
             raise ResourceClosed(f"enrollment {self.name!r} has left")
-        return self._nursery
+        return nursery
 
     def start_soon(
         self, fn: Callable[..., Awaitable[object]], *args: Any, name: object = None
@@ -84,9 +89,12 @@ class Enrollment(EnrollmentState):
         Raises:
             ResourceClosed: The enrollment has left (after a checkpoint).
         """
-        if self._nursery is None or self.closed:
+        try:
+            nursery = self._open_nursery()
+        except ResourceClosed:
             await trio.lowlevel.checkpoint()
-        return await self._open_nursery().start(fn, *args, name=name)
+            raise
+        return await nursery.start(fn, *args, name=name)
 
     # ---------------------------------------------------------------- streams
 

@@ -101,7 +101,14 @@ class Explanation:
 
 
 _BOTH_FAILED = "the connection manager failed and the body of its block raised"
-_TRIGGER_HOOKS = ("check", "next_check", "connection_opened", "dial_reported", "round_completed")
+_TRIGGER_HOOKS = (
+    "manager_opened",
+    "check",
+    "next_check",
+    "connection_opened",
+    "dial_reported",
+    "round_completed",
+)
 """A trigger's methods the manager calls without awaiting."""
 
 _TRIGGERS_IN_USE: set[int] = set()
@@ -619,6 +626,7 @@ class ConnectionManager:
                     # The body's own error leaves unwrapped, after the tasks stop.
                     body_error = exc
                 finally:
+                    enrollment._body_done = True
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             if body_error is None:
@@ -1032,6 +1040,10 @@ async def open_connection_manager(
     body_error: BaseException | None = None
     manager: ConnectionManager | None = None
     try:
+        # Whatever an earlier manager left in them is not this one's.
+        opened_at = trio.current_time()
+        for trigger in triggers:
+            trigger.manager_opened(opened_at)
         async with trio.open_nursery() as nursery:
             manager = ConnectionManager(
                 state,

@@ -5,8 +5,9 @@ A trigger is a small synchronous object. The manager feeds it observations
 the regulator wakes, asks :meth:`Trigger.check` whether a round should run now.
 :meth:`Trigger.next_check` tells the regulator when to wake up on its own (for
 time-based triggers), and :meth:`Trigger.round_completed` resets any latched
-state. Every method receives ``now`` from the manager's clock, so triggers are
-deterministic under ``trio.testing.MockClock``.
+state (:meth:`Trigger.manager_opened`, all of it, for a new manager). Every
+method receives ``now`` from the manager's clock, so triggers are deterministic
+under ``trio.testing.MockClock``.
 
 :class:`HighWater` and :class:`Pressure` are always on; pass others to
 ``open_connection_manager(triggers=[...])``. To write your own, subclass
@@ -37,9 +38,10 @@ triggers have the dial; from ``check``, ``next_check`` or
 with back-off (repeated failures stop the manager, SPEC §8), except that
 ``round_completed`` after a round run by ``mgr.trim()`` makes that call raise it
 (the round is recorded first, and the other triggers are told). A trigger keeps
-state (its windows, what it latched, its last round): give each manager its own
-(one serving an open manager is refused to another with a ``ConfigError``; once
-that manager has closed, it may serve a new one).
+state (its windows, what it latched, its last round), so it serves one open
+manager at a time (another gets a ``ConfigError``); once that manager has
+closed, it may serve a new one, which :meth:`Trigger.manager_opened` tells it
+to start afresh.
 """
 
 from __future__ import annotations
@@ -84,6 +86,12 @@ class Trigger:
     """
 
     name: str = "trigger"
+
+    def manager_opened(self, now: float) -> None:
+        """A manager opened with this trigger: forget the state an earlier manager
+        left (its openings, dials, last round, what it latched). Called before
+        any other hook of that manager; an exception from it fails the opening.
+        """
 
     def connection_opened(self, now: float) -> bool:
         """A connection was admitted. Return True to wake the regulator now."""
@@ -163,6 +171,10 @@ class Spike(Trigger):
         # Only the last `connections + 1` openings matter.
         self._opened: deque[float] = deque(maxlen=self.connections + 1)
         self._fired = False
+
+    def manager_opened(self, now: float) -> None:
+        """Forget the openings (and any spike) of an earlier manager."""
+        self.round_completed(now)
 
     def connection_opened(self, now: float) -> bool:
         """Record an opening; wake the regulator when it completes a spike."""
@@ -248,6 +260,12 @@ class FailedDials(Trigger):
         """True once the ratio was crossed, until the next round completes."""
         return self._fired
 
+    def manager_opened(self, now: float) -> None:
+        """Forget the dials (and any firing) of an earlier manager."""
+        self._dials.clear()
+        self._failed = 0
+        self._fired = False
+
     def round_completed(self, now: float) -> None:
         """Re-arm (the dial history is kept)."""
         self._fired = False
@@ -268,6 +286,10 @@ class Interval(Trigger):
     def __init__(self, period: float) -> None:
         self.period = check_period("Interval.period", period, allow_zero=False, minimum=MIN_PERIOD)
         self._last: float | None = None
+
+    def manager_opened(self, now: float) -> None:
+        """Count the period from the new manager's opening."""
+        self._last = now
 
     def next_check(self, now: float) -> float:
         """The time the next round is due."""
