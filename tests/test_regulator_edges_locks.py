@@ -55,7 +55,8 @@ async def test_an_emergency_round_keeps_a_lock_its_own_victims_make_needed(
 ) -> None:
     # At hard, a round revokes locks for its shortfall, but never the lock of a
     # connection that a protocol needs for its grant.min: here, once the round
-    # has taken p's free connection, p needs both locked ones. Their locks stay.
+    # has taken p's free connection, p needs both locked ones. Their locks stay,
+    # and explain() says so before the round.
     async with (
         cm.open_connection_manager(
             limits=cm.Limits(1, 2, hard=3), grace_period=0, lock_budget=2, silence_period=1e6
@@ -64,12 +65,17 @@ async def test_an_emergency_round_keeps_a_lock_its_own_victims_make_needed(
         AsyncExitStack() as locks,
     ):
         held = []
+        locked = []
         for peer in ("locked-1", "locked-2"):
-            stream = p.track_stream(track(mgr, peer))
+            locked.append(track(mgr, peer))
+            stream = p.track_stream(locked[-1])
             stream.metadata["v"] = 0.1
             held.append(await locks.enter_async_context(p.lock(stream, ttl=100)))
         free_p = track(mgr, "free-p")  # at hard: an emergency round at once
         p.track_stream(free_p).metadata["v"] = 0.05
+        # (No checkpoint since: the regulator has not run its round yet.)
+        for conn in locked:
+            assert "would revoke" not in str(mgr.explain(conn))
         await trio.sleep(1)
         stats = mgr.statistics()
         assert stats.rounds.count == 1
