@@ -101,14 +101,22 @@ def tie_key(conn: Connection) -> tuple[bool, float, int]:
     return (conn.direction is OUTBOUND, -conn.opened_at, -conn.id)
 
 
-def tie_runs(conns: Iterable[Connection], tolerance: float) -> dict[Connection, int]:
+def tied(low: float, high: float) -> bool:
+    """Phase 4's tie of tallies ``low <= high``: at most a billionth apart relative
+    to the larger (absolute below 1), or both infinite."""
+    if high == math.inf:
+        return low == math.inf
+    return high - low <= _planner.TIE * max(1.0, high)
+
+
+def tie_runs(conns: Iterable[Connection]) -> dict[Connection, int]:
     """Phase 4's runs of tied tallies, numbered in ascending order: in the sorted
-    tallies, one within ``tolerance`` of the one before it joins that one's run."""
+    tallies, one :func:`tied` with the one before it joins that one's run."""
     runs: dict[Connection, int] = {}
     run, last = 0, -math.inf
     for conn in sorted(conns, key=expected_tally):
         tally = expected_tally(conn)
-        if tally - last > tolerance:
+        if not tied(last, tally):
             run += 1
         runs[conn] = run
         last = tally
@@ -216,8 +224,7 @@ def check_plan(
                 s._member is member and outside_open_bursts(s) for s in v.connection.streams
             )
     busy = [c for c in prunable if c.streams]
-    tolerance = _planner.TIE * max([1.0, *map(expected_tally, busy)])
-    runs = tie_runs(busy, tolerance)
+    runs = tie_runs(busy)
     # Within an offending protocol: ascending tally, ties as in the rest.
     for before, after_it in itertools.pairwise(normal):
         if (

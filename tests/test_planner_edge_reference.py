@@ -21,10 +21,10 @@ from test_planner import (
     members_on,
     snapshots,
     tie_key,
+    tied,
 )
 
 import trio_connmgr as cm
-from trio_connmgr._core import _planner
 from trio_connmgr._core._planner import Phase, Plan, plan_now, plan_round
 from trio_connmgr._core._state import Connection, State, Stream
 
@@ -119,14 +119,12 @@ def reference_plan(
             break
         consider(conn, Phase.IDLE, None)
     busy = [c for c in candidates if c.streams]
-    largest = max([1.0, *(tallies[c] for c in busy)])
-    tolerance = _planner.TIE * largest
     busy.sort(key=lambda c: (tallies[c], c.id))
-    # Runs of tallies each within the tolerance of the one before: ordered by the tie rule.
+    # Runs of tallies each tied with the one before: ordered by the tie rule.
     ordered: list[Connection] = []
     run: list[Connection] = []
     for conn in busy:
-        if run and tallies[conn] - tallies[run[-1]] > tolerance:
+        if run and not tied(tallies[run[-1]], tallies[conn]):
             ordered += sorted(run, key=tie_key)
             run = []
         run.append(conn)
@@ -148,6 +146,11 @@ def reference_plan(
             if len(taken) >= target:
                 break
             if conn not in taken:
+                if phase is Phase.OFFENDER:
+                    offender = state.members[protocol or ""]
+                    if plain[offender] <= offender.grant.max:
+                        # No longer the offender's: taken by its tally.
+                        phase, protocol = Phase.TALLY, None
                 take(conn, phase, protocol, forced=True)
     min_blocked = list(dict.fromkeys(c for c, _, _ in blocked if c not in taken))
     return {

@@ -211,3 +211,99 @@ def test_a_burst_only_candidate_set_free_in_a_forced_round_is_no_late_burst_vict
         (a1, Phase.TALLY, False),
     ]
     assert plan.reasons[1].protocol is None
+
+
+def test_a_heavy_protocol_leaves_the_order_of_light_tallies() -> None:
+    # One protocol weighing 1e9 gives a tally of 1e9: tallies 0.1 and 0.9 of a
+    # light protocol are still far apart, the lower one goes first (the tie rule
+    # would take the newer one, 0.9, first).
+    core = Core(1, 10)
+    heavy, light = core.member("heavy", weight=1e9), core.member("light")
+    core.stream(heavy, core.conn(at=10.0), score=1.0)
+    low = core.conn(at=20.0)
+    core.stream(light, low, score=0.1)
+    high = core.conn(at=30.0)
+    core.stream(light, high, score=0.9)
+    for chunk in (1, 1024):
+        assert core.plan(target=1, chunk=chunk).connections == [low], chunk
+        plan = core.plan(chunk=chunk)
+        assert plan.connections == [low, high], chunk
+        check_plan(core.state, plan, core.now, forced=False, burst_only={})
+
+
+def test_a_forced_victim_of_a_protocol_back_within_its_max_names_no_offender() -> None:
+    # "x" (grant.max 1) offends on a, b and c; a, the lowest tally, is also the
+    # only connection of "y" (grant.min 1): skipped, then b and c are taken and x
+    # is back within its max. The forced pass takes a last: no longer for x.
+    core = Core(1, 10)
+    x = core.member("x", cm.Quota(0, 1))
+    y = core.member("y", cm.Quota(1, 10))
+    z = core.member("z")
+    a, b, c, d = core.conn(), core.conn(), core.conn(), core.conn()
+    core.stream(x, a, score=0.1)
+    core.stream(y, a, score=0.0)
+    core.stream(x, b, score=0.5)
+    core.stream(x, c, score=0.9)
+    core.stream(z, d, score=0.95)
+    plan = core.plan(target=4, forced=True)
+    assert [(v.connection, v.reason.phase, v.reason.protocol) for v in plan.victims] == [
+        (b, Phase.OFFENDER, "x"),
+        (c, Phase.OFFENDER, "x"),
+        (d, Phase.TALLY, None),
+        (a, Phase.TALLY, None),
+    ]
+    assert [v.reason.forced for v in plan.victims] == [False, False, False, True]
+    assert str(plan.reasons[3]) == "tally #4, tally 0.100, trigger test, forced below grant.min"
+
+
+def test_a_candidate_set_free_of_a_protocol_back_within_its_max_names_no_offender() -> None:
+    # As above, but "y" leaves while the round is planned: a, set free, is taken
+    # without going below any grant.min, and no longer for x either.
+    core = Core(1, 10)
+    x = core.member("x", cm.Quota(0, 1))
+    y = core.member("y", cm.Quota(1, 10))
+    z = core.member("z")
+    a, b, c, d = core.conn(), core.conn(), core.conn(), core.conn()
+    core.stream(x, a, score=0.1)
+    core.stream(y, a, score=0.0)
+    core.stream(x, b, score=0.5)
+    core.stream(x, c, score=0.9)
+    core.stream(z, d, score=0.95)
+    gen = plan_round(core.state, core.now, trigger="test", forced=True, target=4, chunk=1)
+    for _ in range(4):  # three yields classifying, one after the first offender victim
+        next(gen)
+    core.state.leave(y)
+    plan = finish_plan(gen)
+    assert [(v.connection, v.reason.phase, v.reason.protocol) for v in plan.victims] == [
+        (b, Phase.OFFENDER, "x"),
+        (c, Phase.OFFENDER, "x"),
+        (d, Phase.TALLY, None),
+        (a, Phase.TALLY, None),
+    ]
+    assert not any(r.forced for r in plan.reasons)
+
+
+def test_candidates_whose_blocking_protocol_left_are_taken_in_a_round_not_forced() -> None:
+    # "p" is at its grant.min (2) on a and b; it leaves while the round is planned,
+    # after a was found blocked: a round that is not forced takes a and b too,
+    # last, rather than fall short and report them held for p's grant.min.
+    core = Core(1, 10)
+    p = core.member("p", cm.Quota(2, 10))
+    q = core.member("q")
+    a, b, c, d = core.conn(), core.conn(), core.conn(), core.conn()
+    core.stream(p, a, score=0.1)
+    core.stream(p, b, score=0.2)
+    core.stream(q, c, score=0.05)
+    core.stream(q, d, score=0.9)
+    core.conn(peer="kept")
+    core.state.protect("kept", "test")
+    assert core.plan().connections == [c, d]  # (before it leaves)
+    gen = plan_round(core.state, core.now, trigger="test", chunk=1)
+    for _ in range(6):  # four yields classifying, then one after c, one after a
+        next(gen)
+    core.state.leave(p)
+    plan = finish_plan(gen)
+    assert plan.connections == [c, d, a, b]
+    assert [(r.phase, r.forced) for r in plan.reasons] == [(Phase.TALLY, False)] * 4
+    assert plan.min_blocked == ()
+    assert plan.shortfall == 0

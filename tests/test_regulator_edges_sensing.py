@@ -1,5 +1,6 @@
-"""Rounds left short under sensing pressure (SPEC §8, §9): a share that shrinks
-lowers the grant.mins that kept connections, and the next round goes on."""
+"""Rounds left short (SPEC §8, §9): a share that shrinks, or grows and lowers a
+grant.min by rounding, frees connections kept for a grant.min, and the next
+round goes on."""
 
 from __future__ import annotations
 
@@ -41,3 +42,39 @@ async def test_a_share_shrinking_after_a_round_left_short_lets_the_next_one_run(
         done = [(r.completed.time, r.completed.victims) for r in rounds.rounds]
         assert done == [(5.0, 2), (10.0, 5)]
         assert p.usage == 5
+
+
+async def test_a_share_growing_that_lowers_a_grant_min_lets_a_round_left_short_go_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Mins 1, 2, 2 scaled into a share of 1 are (1, 0, 0), into 2 (0, 1, 1): as
+    # the share grows from 1 to 2 at t=15, p's grant.min falls to 0 and the
+    # connection kept for it can go at once, not 60 s after the round left short.
+    fake = FakeSensor()
+    async with (
+        cm.open_connection_manager(
+            limits=cm.Limits(1, 4),
+            grace_period=0,
+            silence_period=60,
+            sensing=Sensing([fake], interval=5.0, decrease=0.5, floor=1, increase=1),
+        ) as mgr,
+        mgr.enroll("p", quota=cm.Quota(1, 4)) as p,
+        mgr.enroll("q", quota=cm.Quota(2, 4)),
+        mgr.enroll("r", quota=cm.Quota(2, 4)),
+        record_rounds(mgr) as rounds,
+    ):
+        fake.pressure = True
+        await trio.sleep(11)
+        assert (mgr.limits.high, p.grant.min) == (1, 1)
+        mgr.protect("x", "test")
+        mgr.track("x", direction="outbound", close=trio.lowlevel.checkpoint)
+        mgr.track("x", direction="outbound", close=trio.lowlevel.checkpoint)
+        kept = mgr.track("a", direction="outbound", close=trio.lowlevel.checkpoint)
+        p.track_stream(kept)
+        await trio.sleep(1)
+        assert not kept.closed
+        fake.pressure = False
+        await trio.sleep(4)  # (past the sample at t=15)
+        assert (mgr.limits.high, p.grant.min) == (2, 0)
+        await trio.sleep(1)
+        assert kept.closed, [(r.completed.time, r.completed.victims) for r in rounds.rounds]

@@ -81,7 +81,7 @@ async def test_the_default_peer_of_an_ipv6_dial_is_bracketed_like_a_served_one(
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.parametrize("host", [123, "", b"127.0.0.1"])
+@pytest.mark.parametrize("host", [123, "", b""])
 async def test_a_bad_serve_tcp_host_is_a_config_error_before_listening(host: object) -> None:
     async def handler(stream: trio.SocketStream, conn: cm.Connection) -> None:
         pass  # pragma: no cover
@@ -92,4 +92,23 @@ async def test_a_bad_serve_tcp_host_is_a_config_error_before_listening(host: obj
     ):
         with pytest.raises(cm.ConfigError, match=rf"serve_tcp host .*got {host!r}"):
             await nursery.start(partial(serve_tcp, handler, 0, manager=mgr, host=host))
+        nursery.cancel_scope.cancel()
+
+
+async def test_serve_tcp_takes_a_bytes_host_as_trio_does() -> None:
+    async def handler(stream: trio.SocketStream, conn: cm.Connection) -> None:
+        await stream.send_all(b"hi")
+
+    async with (
+        cm.open_connection_manager(limits=cm.Limits(1, 2)) as mgr,
+        trio.open_nursery() as nursery,
+    ):
+        listeners = await nursery.start(
+            partial(serve_tcp, handler, 0, manager=mgr, host=b"127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        with trio.fail_after(10):
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            async with client:
+                assert await client.receive_some(2) == b"hi"
         nursery.cancel_scope.cancel()

@@ -1,4 +1,5 @@
-"""A trigger keeps state: it serves one open manager at a time."""
+"""A trigger that keeps state serves one open manager at a time, and starts
+afresh for each; one that keeps none may serve several."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import trio
 import trio.testing
 
 import trio_connmgr as cm
-from trio_connmgr.triggers import FailedDials, Interval, Spike
+from trio_connmgr.triggers import (
+    FailedDials,
+    HighWater,
+    Interval,
+    Pressure,
+    Spike,
+    Trigger,
+    TriggerView,
+)
 
 LIMITS = cm.Limits(low=1, high=100)
 
@@ -103,3 +112,18 @@ def test_an_interval_counts_from_the_manager_of_each_run() -> None:
         clock.jump(start)
         trio.run(run, start, clock=clock)
     assert runs == [(6.0, 1), (6.0, 1)]
+
+
+async def test_triggers_that_keep_no_state_serve_two_open_managers() -> None:
+    class AboveLow(Trigger):
+        name = "above-low"
+
+        def check(self, view: TriggerView, now: float) -> bool:
+            return view.count > view.low
+
+    shared = [HighWater(), Pressure(), AboveLow()]
+    async with (
+        cm.open_connection_manager(limits=LIMITS, triggers=shared),
+        cm.open_connection_manager(limits=LIMITS, triggers=shared),
+    ):
+        pass

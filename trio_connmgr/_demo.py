@@ -361,11 +361,15 @@ class Demo:
             elif isinstance(event, cm.RoundCompleted):
                 self.observed.rounds.append(event)
                 left = event.count_after - event.arrived  # (arrivals were not its to prune)
-                if event.count_before > high and left > max(low, event.unprunable):
+                # Judged by the high it started above and the low it worked to
+                # (sensing may have moved the limits while it ran).
+                started_high = high if event.high_before is None else event.high_before
+                worked_low = low if event.low_planned is None else max(low, event.low_planned)
+                if event.count_before > started_high and left > max(worked_low, event.unprunable):
                     self.observed.violations.append(
                         f"round {event.number} left {event.count_after} connections "
-                        f"(high {high}, low {low}, unprunable {event.unprunable}, "
-                        f"arrived while it ran {event.arrived})"
+                        f"(high {started_high}, low {worked_low}, unprunable "
+                        f"{event.unprunable}, arrived while it ran {event.arrived})"
                     )
 
     # -------------------------------------------------------------------- run

@@ -57,7 +57,10 @@ class Explanation:
 
     Attributes:
         connection_id: The connection's id.
-        prunable: Whether any round could prune it now.
+        prunable: Whether a round could prune it at all now: it is not closed,
+            protected, locked or in its grace period (``excluded_by`` is ``None``).
+            A locked one is not, even where a round would revoke its locks
+            first (see ``would_prune``).
         would_prune: Whether a round run now (not forced) would prune it. At
             ``hard`` or under sensing pressure that round may first revoke its
             locks (``excluded_by`` still says ``"locked"``); ``phase``, ``rank``
@@ -112,8 +115,21 @@ _TRIGGER_HOOKS = (
 """A trigger's methods the manager calls without awaiting."""
 
 _TRIGGERS_IN_USE: set[int] = set()
-"""The ids of the triggers of the managers open now: a trigger keeps state (its
-windows, what it latched), so it serves one manager at a time, as a Sensing does."""
+"""The ids of the triggers that keep state (see _keeps_state) of the managers open
+now: such a trigger (its windows, what it latched) serves one manager at a time,
+as a Sensing does."""
+
+
+def _keeps_state(trigger: Trigger) -> bool:
+    """Whether ``trigger`` may keep state between calls: it overrides a hook
+    other than ``check`` (a level trigger such as HighWater or Pressure keeps
+    none, and may serve several managers at once)."""
+    kind = type(trigger)
+    return any(
+        getattr(kind, hook) is not getattr(Trigger, hook)
+        for hook in _TRIGGER_HOOKS
+        if hook != "check"
+    )
 
 
 def check_manager(field: str, value: object) -> None:
@@ -606,6 +622,7 @@ class ConnectionManager:
         enrollment = Enrollment(
             name, quota, scorer, weight, strict, state, manager=self, on_grant=on_grant
         )
+        mins = {member: member.grant.min for member in state.members.values()}
         try:
             state.enrol(enrollment)
         except BaseException:
@@ -614,6 +631,10 @@ class ConnectionManager:
             if state.members.get(name) is enrollment:
                 state.leave(enrollment)
             raise
+        if any(member.grant.min < before for member, before in mins.items()):
+            # Its arrival scaled the others' grant.mins down: connections kept
+            # for one may be prunable now.
+            self._wake_if_above_high()
         body_error: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -718,6 +739,11 @@ class ConnectionManager:
         round has planned it runs to its end (it revokes and prunes in chunks,
         which must all be recorded) and returns; the cancellation then reaches
         the caller at its next checkpoint.
+
+        Raises:
+            ManagerClosed: the manager is closed, or closed while this call
+                waited for a round under way to end or while its round planned
+                (which then leaves no trace either).
         """
         check_bool("trim force", force)
         await trio.lowlevel.checkpoint()
@@ -979,6 +1005,7 @@ async def open_connection_manager(
     else:
         triggers = list(triggers)
     seen: set[int] = set()
+    claimed: set[int] = set()  # (the triggers that keep state: see _keeps_state)
     for trigger in triggers:
         if not isinstance(trigger, Trigger):
             raise ConfigError(f"triggers must be Trigger instances, got {trigger!r}")
@@ -991,7 +1018,7 @@ async def open_connection_manager(
             # Its hooks would be called twice for each event: a Spike would count
             # every connection twice.
             raise ConfigError(f"triggers lists the same trigger twice: {trigger!r}")
-        if id(trigger) in _TRIGGERS_IN_USE:
+        if _keeps_state(trigger) and id(trigger) in _TRIGGERS_IN_USE:
             # It would count both managers' connections and dials, and each
             # manager's rounds would reset what it latched for the other.
             raise ConfigError(
@@ -999,6 +1026,8 @@ async def open_connection_manager(
                 "give each manager its own"
             )
         seen.add(id(trigger))
+        if _keeps_state(trigger):
+            claimed.add(id(trigger))
         for hook in _TRIGGER_HOOKS:
             check_not_async(f"trigger {trigger.name!r}: {hook}()", getattr(trigger, hook))
     if admission is not None and not isinstance(admission, Admission):
@@ -1036,7 +1065,7 @@ async def open_connection_manager(
         # Claimed before the first checkpoint (checked above, nothing awaited
         # since): a second manager opened meanwhile gets a plain ConfigError.
         sensing._claimed = True
-    _TRIGGERS_IN_USE.update(seen)  # (so are the triggers)
+    _TRIGGERS_IN_USE.update(claimed)  # (so are the triggers that keep state)
     body_error: BaseException | None = None
     manager: ConnectionManager | None = None
     try:
@@ -1099,7 +1128,7 @@ async def open_connection_manager(
         raise BaseExceptionGroup(_BOTH_FAILED, [fatal, exc]) from None
     finally:
         state.closed = True
-        _TRIGGERS_IN_USE.difference_update(seen)
+        _TRIGGERS_IN_USE.difference_update(claimed)
         if sensing is not None:
             sensing._claimed = False
         if writer is not None:

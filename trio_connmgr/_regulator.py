@@ -20,7 +20,7 @@ import trio
 from ._core._planner import Phase, Plan, PruneReason, exclusion, plan_round
 from ._core._scoring import tally
 from ._core._state import Connection, EnrollmentState, State
-from ._errors import ConnMgrError, call_each
+from ._errors import ConnMgrError, ManagerClosed, call_each
 from .triggers import HighWater, Pressure, Trigger, TriggerView
 
 if TYPE_CHECKING:
@@ -209,6 +209,8 @@ class Regulator:
         # Whether the stuck round could revoke locks: an emergency after a stuck
         # normal round may do more, so it does not wait.
         self._stuck_emergency = False
+        # The effective low the latest plan worked to (RoundCompleted.low_planned).
+        self._planned_low = 0
         # Triggers whose hook fired while a round ran: the round may have planned
         # before what fired them, so they are not reset when it completes.
         self._fired_meanwhile: set[int] = set()  # ids: a trigger need not be hashable
@@ -384,12 +386,18 @@ class Regulator:
             changes = self._prunable_changes
             state.expire_locks(now)
             count_before = state.count
+            high_before = state.high
             # The count at hard or sensing pressure as the round starts makes it an
             # emergency, whoever runs it (a trim() too: SPEC §6).
             emergency = emergency or self.emergency()
             # First without going below any grant.min, even in a forced round:
             # revoking locks comes before that last resort (SPEC §6, §8).
             plan, mark = await self._plan(now, trigger)
+            if state.closed:
+                # A trim() that waited for the round under way, or planned, as
+                # the manager closed: nothing is left to regulate. (The
+                # regulator's own task is cancelled before the manager closes.)
+                raise ManagerClosed("the connection manager is closed")
             # The connections whose locks it revoked: a holder may lock again at
             # once (from on_revoke), and revoking again would only go round in
             # circles while a forced round's last resort waits.
@@ -459,6 +467,8 @@ class Regulator:
                     unprunable,
                     arrived,
                     tuple(replan_ranks),
+                    high_before,
+                    self._planned_low,
                 )
                 if pruned or revoked:
                     # The silence period lets the effects of a round settle; a round
@@ -528,6 +538,7 @@ class Regulator:
         """Plan a round; return the plan and the id of the newest connection it knew
         of (planning reads the connections as it starts, before any checkpoint)."""
         mark = newest(self._state)
+        self._planned_low = self._state.low
         plan = await drive(plan_round(self._state, now, trigger=trigger, forced=forced))
         return plan, mark
 
@@ -615,6 +626,8 @@ class Regulator:
         unprunable: int,
         arrived: int,
         replan_ranks: tuple[int, ...],
+        high_before: int,
+        low_planned: int,
     ) -> None:
         state = self._state
         rounds = state.rounds
@@ -657,5 +670,7 @@ class Regulator:
                     unprunable,
                     arrived,
                     replan_ranks,
+                    high_before,
+                    low_planned,
                 )
             )

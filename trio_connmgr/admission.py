@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Iterable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, final
 
 from ._config import Direction, check_bool, check_count, check_positive_float
 from ._core._admission import (
     MAX_BURST,
     AdmissionPolicy,
+    Network,
     RateLimiter,
     check_prefix,
     parse_caps,
@@ -66,7 +68,8 @@ def enforce_hard_cap(
 ) -> None:
     """Apply the ``hard`` cap to an inbound newcomer (synchronous).
 
-    Below ``hard`` (or with no ``hard``) it does nothing. At the cap it either
+    Below ``hard`` (or with no ``hard``) it does nothing. At the cap (or above
+    it: outbound connections are never refused) it either
     evicts one prunable connection, the first victim the round planner would
     choose (``evict=True`` and there is one; its ``close_reason`` is
     ``"evicted"``; none if a scorer released a connection meanwhile), or raises
@@ -76,14 +79,24 @@ def enforce_hard_cap(
     Choosing the victim plans a round over every connection synchronously,
     scorers included (about 20 ms at 10,000 connections): only
     trusted newcomers evict.
+
+    Raises:
+        ConnectionRefused: at the cap, with nothing evicted.
+        ConfigError: ``evict`` is not ``True`` or ``False``.
     """
+    check_bool("enforce_hard_cap evict", evict)
     state = manager._state
     hard = state.hard
     if hard is None or state.count < hard:
         return
     extra = ""
     if evict:
-        plan = plan_now(state, state.clock(), target=1, trigger="admission")
+        now = state.clock()
+        if state.expire_locks(now):
+            # As a round would first (the lock timer may not have run yet at
+            # this instant): a lock whose ttl is up shields nothing.
+            manager._wake_if_above_high()
+        plan = plan_now(state, now, target=1, trigger="admission")
         if state.count < hard:
             # A scorer released a connection while the victim was chosen: room made.
             return
@@ -93,7 +106,8 @@ def enforce_hard_cap(
         extra = " and no connection can be evicted"
     raise manager._refuse(
         "hard",
-        f"inbound connection refused: count {state.count} is at hard={hard}{extra}",
+        f"inbound connection refused: count {state.count} is "
+        f"{'at' if state.count == hard else 'above'} hard={hard}{extra}",
         peer,
         Direction.INBOUND,
         address,
@@ -128,6 +142,10 @@ class Admission:
         evict: Whether an allow-listed or protected newcomer at the ``hard`` cap
             evicts a prunable connection instead of being refused.
 
+    The settings are read-only attributes of the same names (``allow`` and
+    ``deny`` as tuples of networks, the caps as read-only mappings), except
+    ``evict``, which may be set at any time and applies from the next newcomer.
+
     Raises:
         ConfigError: a bad CIDR, prefix length, cap, rate or burst (the message
             names the field and the value).
@@ -147,8 +165,8 @@ class Admission:
         exempt_loopback: bool = True,
         evict: bool = True,
     ) -> None:
-        self.allow = parse_networks("Admission.allow", allow)
-        self.deny = parse_networks("Admission.deny", deny)
+        allow_networks = parse_networks("Admission.allow", allow)
+        deny_networks = parse_networks("Admission.deny", deny)
         ipv4 = parse_caps("Admission.ipv4_caps", ipv4_caps, 32)
         ipv6 = parse_caps("Admission.ipv6_caps", ipv6_caps, 128)
         # Checked even without a rate: a bad value is a mistake either way.
@@ -164,21 +182,66 @@ class Admission:
             check_count("Admission.burst", burst)
             raise ConfigError(f"Admission.burst needs a rate, got burst={burst!r} and rate=None")
         check_bool("Admission.exempt_loopback", exempt_loopback)
-        check_bool("Admission.evict", evict)
-        self.ipv4_caps: dict[int, int] = dict(ipv4)
-        self.ipv6_caps: dict[int, int] = dict(ipv6)
-        self.rate = None if limiter is None else limiter.rate
-        self.burst = None if limiter is None else limiter.burst
-        self.exempt_loopback = exempt_loopback
         self.evict = evict
+        # The policy works from its own copies of the settings: they are
+        # read-only here (properties below), so that changing one is an error
+        # rather than a no-op.
+        self._ipv4_caps = MappingProxyType(dict(ipv4))
+        self._ipv6_caps = MappingProxyType(dict(ipv6))
         self._policy = AdmissionPolicy(
-            allow=self.allow,
-            deny=self.deny,
+            allow=allow_networks,
+            deny=deny_networks,
             ipv4_caps=ipv4,
             ipv6_caps=ipv6,
             rate=limiter,
             exempt_loopback=exempt_loopback,
         )
+
+    @property
+    def allow(self) -> tuple[Network, ...]:
+        """The allow-listed networks (read-only)."""
+        return self._policy.allow
+
+    @property
+    def deny(self) -> tuple[Network, ...]:
+        """The deny-listed networks (read-only)."""
+        return self._policy.deny
+
+    @property
+    def ipv4_caps(self) -> Mapping[int, int]:
+        """``{prefix_length: max_inbound}`` for IPv4 (read-only)."""
+        return self._ipv4_caps
+
+    @property
+    def ipv6_caps(self) -> Mapping[int, int]:
+        """``{prefix_length: max_inbound}`` for IPv6 (read-only)."""
+        return self._ipv6_caps
+
+    @property
+    def rate(self) -> float | None:
+        """Attempts per second allowed per subnet, or ``None`` (read-only)."""
+        limiter = self._policy.rate
+        return None if limiter is None else limiter.rate
+
+    @property
+    def burst(self) -> int | None:
+        """The token-bucket size, or ``None`` without a rate (read-only)."""
+        limiter = self._policy.rate
+        return None if limiter is None else limiter.burst
+
+    @property
+    def exempt_loopback(self) -> bool:
+        """Whether loopback skips subnet caps and rate limits (read-only)."""
+        return self._policy.exempt_loopback
+
+    @property
+    def evict(self) -> bool:
+        """Whether an allow-listed or protected newcomer at ``hard`` evicts (settable)."""
+        return self._evict
+
+    @evict.setter
+    def evict(self, value: bool) -> None:
+        self._evict = check_bool("Admission.evict", value)
 
     def admit(self, manager: ConnectionManager, peer: Hashable, address: str | None) -> None:
         """Raise :class:`~trio_connmgr.ConnectionRefused` if ``peer`` may not connect
@@ -195,7 +258,7 @@ class Admission:
             manager,
             peer,
             address,
-            evict=self.evict and (verdict.trusted or peer in state.protected),
+            evict=self._evict and (verdict.trusted or peer in state.protected),
         )
 
     def admitted(self, conn: Connection) -> None:
@@ -214,6 +277,6 @@ class Admission:
     def __repr__(self) -> str:
         return (
             f"<Admission allow={len(self.allow)} deny={len(self.deny)} "
-            f"ipv4_caps={self.ipv4_caps} ipv6_caps={self.ipv6_caps} "
+            f"ipv4_caps={dict(self.ipv4_caps)} ipv6_caps={dict(self.ipv6_caps)} "
             f"rate={self.rate} burst={self.burst}>"
         )

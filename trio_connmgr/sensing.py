@@ -814,11 +814,13 @@ class Sensing:
         )
         self.last = decision
         manager._regulator.pressure = decision.pressure
-        shrunk = False
+        lowered = False
         if decision.cause is not None:
             old = state.high
-            state.set_share(decision.share, decision.cause)
-            shrunk = state.high < old
+            mins = {member: member.grant.min for member in state.members.values()}
+            changed = state.set_share(decision.share, decision.cause)
+            # (A share that grows may lower a grant.min too, by rounding.)
+            lowered = state.high < old or any(m.grant.min < mins[m] for m in changed)
             logger.info(
                 "global share %d -> %d (%s)%s",
                 old,
@@ -833,9 +835,9 @@ class Sensing:
             "pressure": float(decision.pressure),
         }
         if state.count > state.high or (decision.pressure and state.count > state.low):
-            # A smaller share lowers the grant.mins: connections a round left
-            # short had to keep for one may be prunable now.
-            manager._regulator.poke(prunable_changed=shrunk)
+            # A lower grant.min (mostly from a smaller share): connections a
+            # round left short had to keep for one may be prunable now.
+            manager._regulator.poke(prunable_changed=lowered)
         return decision
 
     def __repr__(self) -> str:

@@ -77,7 +77,7 @@ async def serve_tcp(
     port: int,
     *,
     manager: ConnectionManager,
-    host: str | None = "127.0.0.1",
+    host: str | bytes | None = "127.0.0.1",
     peer_of: Callable[[trio.SocketStream], Hashable] | None = None,
     address_of: Callable[[trio.SocketStream], str | None] | None = None,
     handler_nursery: trio.Nursery | None = None,
@@ -126,7 +126,7 @@ async def serve_tcp(
     Raises:
         ConfigError: ``manager`` is not a ConnectionManager, ``handler`` is not
             callable, ``port`` is not an integer from 0 to 65535, ``host`` is
-            not a non-empty string or ``None``, or ``peer_of``
+            not a non-empty string (or bytes) or ``None``, or ``peer_of``
             or ``address_of`` is not a synchronous function (before listening).
             An exception from ``peer_of`` or ``address_of`` stops the server
             like one from the handler, and so does a ``ConfigError`` naming the
@@ -138,8 +138,11 @@ async def serve_tcp(
     if not callable(handler):
         raise ConfigError(f"serve_tcp handler must be callable, got {handler!r}")
     _check_port("serve_tcp port", port, lowest=0)
-    if host is not None and (not isinstance(host, str) or not host):
-        raise ConfigError(f"serve_tcp host must be a non-empty string or None, got {host!r}")
+    # (trio.open_tcp_listeners takes a str or bytes host, as getaddrinfo does.)
+    if host is not None and (not isinstance(host, str | bytes) or not host):
+        raise ConfigError(
+            f"serve_tcp host must be a non-empty string (or bytes) or None, got {host!r}"
+        )
     for field, hook in (("peer_of", peer_of), ("address_of", address_of)):
         if hook is not None and not callable(hook):
             raise ConfigError(f"serve_tcp {field} must be callable or None, got {hook!r}")

@@ -38,10 +38,12 @@ triggers have the dial; from ``check``, ``next_check`` or
 with back-off (repeated failures stop the manager, SPEC §8), except that
 ``round_completed`` after a round run by ``mgr.trim()`` makes that call raise it
 (the round is recorded first, and the other triggers are told). A trigger keeps
-state (its windows, what it latched, its last round), so it serves one open
-manager at a time (another gets a ``ConfigError``); once that manager has
-closed, it may serve a new one, which :meth:`Trigger.manager_opened` tells it
-to start afresh.
+state (its windows, what it latched, its last round), so one with hooks other
+than ``check`` serves one open manager at a time (another gets a
+``ConfigError``); once that manager has closed, it may serve a new one, which
+:meth:`Trigger.manager_opened` tells it to start afresh. One that only
+overrides ``check`` (as :class:`HighWater` and :class:`Pressure` do) keeps no
+state and may serve several managers at once.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ applies the verdicts (refusing through the manager, evicting through the state).
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Hashable, Iterable, Mapping
 from typing import final
 
@@ -98,15 +99,19 @@ def parse_host(address: str | None) -> IPAddress | None:
 
     Understands ``"10.1.2.3"``, ``"10.1.2.3:4001"``, ``"::1"``, ``"[::1]:4001"``,
     ``"fe80::1%eth0"`` and multiaddrs (``"/ip4/10.1.2.3/tcp/4001"``,
-    ``"/ip6/::1/tcp/4001"``). IPv4-mapped IPv6 addresses become IPv4. An IPv6
-    address with a port must be in brackets: ``"2001:db8::7:4001"`` is read as
-    the address ``2001:db8::7:4001``.
+    ``"/ip6/::1/tcp/4001"``, ``"/ip6zone/eth0/ip6/fe80::1/tcp/4001"``). A
+    scoped address is read without its zone. IPv4-mapped IPv6 addresses become
+    IPv4. An IPv6 address with a port must be in brackets:
+    ``"2001:db8::7:4001"`` is read as the address ``2001:db8::7:4001``.
     """
     if not isinstance(address, str) or not address:
         return None
     text = address.strip()
     if text.startswith("/"):
         parts = text.split("/")
+        if len(parts) >= 5 and parts[1] == "ip6zone" and parts[2] and parts[3] == "ip6":
+            # The zone scopes the ip6 component after it (a zone names no subnet).
+            parts = parts[2:]
         if len(parts) < 3 or parts[1] not in ("ip4", "ip6"):
             return None
         text = parts[2]
@@ -393,11 +398,13 @@ class AdmissionPolicy:
             ok, subnet, bucket = self.rate.take(ip, now)
             if not ok:
                 wait = max(0.0, bucket.next_token_at() - now)
+                # (A rate so low that a token takes longer than any float: never.)
+                due = f"in {wait:.3g}s" if math.isfinite(wait) else "never at this rate"
                 return Verdict(
                     "rate",
                     f"inbound connection from {ip} refused: subnet {subnet} is over its rate "
                     f"limit of {self.rate.rate:g}/s (burst {self.rate.burst}); next "
-                    f"admission in {wait:.3g}s",
+                    f"admission {due}",
                     ip,
                     trusted,
                     exempt,

@@ -28,6 +28,10 @@ import attrs
 from .._config import check_bool, exact_floor
 from .._errors import ConfigError
 
+RESERVED_FIGURES = frozenset({"pressure", "ceiling", "errors"})
+"""Figure names ``statistics().sensors`` gives a sensor's pressure, ceiling and
+errors under: a reading's own figures may not use them."""
+
 
 def _frozen_values(values: Mapping[str, float] | None) -> Mapping[str, float]:
     if values is None:
@@ -38,6 +42,11 @@ def _frozen_values(values: Mapping[str, float] | None) -> Mapping[str, float]:
     for key, value in values.items():
         if not isinstance(key, str):
             raise ConfigError(f"Reading.values keys must be strings, got {key!r}")
+        if key in RESERVED_FIGURES:
+            raise ConfigError(
+                f"Reading.values must not hold a figure named {key!r}: statistics().sensors "
+                f"reports the reading's {key} under that name"
+            )
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"Reading.values[{key!r}] must be a number, got {value!r}")
         try:
@@ -49,14 +58,21 @@ def _frozen_values(values: Mapping[str, float] | None) -> Mapping[str, float]:
     return MappingProxyType(checked)
 
 
+def _values_key(values: Mapping[str, float]) -> frozenset[tuple[str, float]]:
+    """What readings compare and hash their figures by (a read-only mapping has no hash)."""
+    return frozenset(values.items())
+
+
 @final
 @attrs.frozen
 class Reading:
-    """What one sensor saw at one sample (frozen).
+    """What one sensor saw at one sample (frozen and hashable).
 
     Attributes:
         values: The measured figures, by name (for example ``{"open": 57.0,
-            "limit": 1024.0}``); they appear in ``statistics().sensors``.
+            "limit": 1024.0}``); they appear in ``statistics().sensors``. The
+            names ``pressure``, ``ceiling`` and ``errors`` are taken there by the
+            reading's pressure, ceiling and error count (a ConfigError here).
         ceiling: The most connections this signal allows, or ``None`` if it does
             not bound the count. The controller never lets the share exceed the
             smallest ceiling.
@@ -65,7 +81,9 @@ class Reading:
         detail: A short human-readable note (why it is under pressure).
     """
 
-    values: Mapping[str, float] = attrs.field(factory=dict, converter=_frozen_values)
+    values: Mapping[str, float] = attrs.field(
+        factory=dict, converter=_frozen_values, eq=_values_key
+    )
     ceiling: int | None = None
     pressure: bool = False
     detail: str = ""
@@ -91,9 +109,12 @@ class Decision:
         ceiling: The ceiling it was held under (already raised to the floor).
         pressure: Whether any reading was under pressure.
         cause: Why the share moves (``None`` when it does not): ``"sensing
-            pressure (names)"``, ``"sensing ceiling (names)"`` or ``"sensing recovery"``.
+            pressure (names)"``, ``"sensing ceiling (names)"`` (``"sensing
+            ceiling (floor)"`` when the floor holds it) or ``"sensing recovery"``.
         pressing: Names of the sensors under pressure.
-        limiting: Names of the sensors whose ceiling is the binding one.
+        limiting: Names of the sensors whose ceiling is the binding one; none
+            when no sensor's ceiling is below ``high``, or when the floor is above
+            the lowest one (then the floor binds).
     """
 
     share: int
@@ -128,10 +149,11 @@ def decide_share(
     for reading in readings.values():
         if reading.ceiling is not None and reading.ceiling < ceiling:
             ceiling = reading.ceiling
+    # A sensor's ceiling binds unless the floor is above it: then the floor does.
     limiting = tuple(
         name
         for name, reading in readings.items()
-        if reading.ceiling is not None and reading.ceiling == ceiling and ceiling < high
+        if reading.ceiling is not None and reading.ceiling == ceiling < high and ceiling >= floor
     )
     ceiling = max(ceiling, floor)
     pressing = tuple(name for name, reading in readings.items() if reading.pressure)

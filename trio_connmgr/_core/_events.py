@@ -138,6 +138,12 @@ class RoundCompleted(Event):
             §8), ranked after those of the plans before it, so a burst-only
             connection that became prunable meanwhile may follow an earlier
             plan's victims (invariant 4 holds within each plan).
+        high_before: The effective ``high`` when it started (sensing may move
+            the limits while it runs); ``None`` if not known (a trace of an
+            earlier release).
+        low_planned: The effective ``low`` its last plan worked to (it prunes
+            no further, and stops at the effective ``low`` if sensing raises it
+            meanwhile); ``None`` if not known.
     """
 
     kind: ClassVar[str] = "round_completed"
@@ -153,6 +159,8 @@ class RoundCompleted(Event):
     unprunable: int = 0
     arrived: int = 0
     replan_ranks: tuple[int, ...] = ()
+    high_before: int | None = None
+    low_planned: int | None = None
 
 
 @final

@@ -2,7 +2,8 @@
 
 :func:`plan_round` is a function of the state and ``now``: it reads, it does no
 I/O, and it changes nothing but ``state.round_now``, set while it calls the
-scorers so that they all see the round's time, and restored before it yields.
+scorers so that they all see the round's time, and restored before it yields, and
+``state.close_hooks``, where it lists the connections that close until it ends.
 It is written as a generator that yields between chunks of work, so the Trio
 layer can checkpoint and keep the event loop responsive on large snapshots;
 :func:`plan_now` drives it synchronously.
@@ -17,7 +18,10 @@ Order of victims (target: ``count - low``):
 
 Never victims: connections in their grace period, of protected peers, or with a
 held lock. A candidate whose removal would take any protocol using it below its
-``grant.min`` is skipped, unless nothing else is left and the round is forced.
+``grant.min`` is skipped, unless nothing else is left and the round is forced;
+one skipped for a protocol that left, or whose ``grant.min`` fell, while the round
+was planned is taken after the others (no longer for an offender back within its
+``grant.max``).
 
 A connection that closes while a round is planned (a scorer released it, or a
 task closed it while the round yielded) is no victim from then on, its streams
@@ -55,10 +59,10 @@ SORT_RUN = 8192
 BATCH_MIN = 8
 """Fewest victims taken in one batch; fewer are cheaper to take one by one."""
 TIE = 1e-9
-"""Tallies at most this far apart (relative to the round's largest finite one, or
-absolute below 1) are equal in phase 4: the same scores summed in another order may
-differ in their last bits, and the tie rule must not depend on that. Infinite
-tallies (enormous weights) are equal to each other."""
+"""Tallies at most this far apart (relative to the larger of the two, or absolute
+below 1) are equal in phase 4: the same scores summed in another order may differ
+in their last bits, and the tie rule must not depend on that. Infinite tallies
+(enormous weights) are equal to each other."""
 
 
 @final
@@ -249,20 +253,26 @@ def _sorted(
         yield
 
 
-def _break_ties(
-    items: list[int], key: Callable[[int], float], ties: Callable[[int], Any], tolerance: float
-) -> None:
-    """Re-order by ``ties`` every run of equal ``key`` in ``items`` (sorted by ``key``),
-    a key at most ``tolerance`` above the one before it counting as equal to it
-    (so the ends of a run may be further apart).
+def _tied(low: float, high: float) -> bool:
+    """Whether tallies ``low <= high`` are equal in phase 4 (see :data:`TIE`)."""
+    return high - low <= TIE * max(1.0, high)
+
+
+def _break_ties(items: list[int], key: Callable[[int], float], ties: Callable[[int], Any]) -> None:
+    """Re-order by ``ties`` every run of equal ``key`` in ``items`` (sorted by ``key``,
+    finite, not negative), a key :func:`_tied` with the one before it counting as
+    equal to it (so the ends of a run may be further apart).
 
     Sorting by a plain float ``key`` is much faster than by a tuple, and ties
     are rare: only they pay for the full order.
     """
     keys = list(map(key, items))
-    # Indices i with keys[i + 1] - keys[i] <= tolerance, without a Python-level loop.
+    # Indices i with keys[i + 1] - keys[i] within the tolerance of the largest key
+    # (any tie is), found without a Python-level loop; then those that are tied.
+    loose = TIE * max(1.0, keys[-1]) if keys else 0.0
     gaps = map(operator.sub, keys[1:], keys)
-    same = list(itertools.compress(itertools.count(), map(tolerance.__ge__, gaps)))
+    near = itertools.compress(itertools.count(), map(loose.__ge__, gaps))
+    same = [i for i in near if _tied(keys[i], keys[i + 1])]
     i = 0
     while i < len(same):
         start = same[i]
@@ -297,6 +307,32 @@ def plan_round(
             plan a round makes again once it has revoked them (``explain()``
             asks for it without revoking anything).
     """
+    # The connections that close while the round is planned, as they close: the
+    # round leaves out those of its snapshot without looking at every other one.
+    # (A hook only while a round is planned: closes outside rounds pay nothing.)
+    closing: list[Connection] = []
+    hooks = state.close_hooks
+    hooks.append(closing.append)
+    try:
+        return (
+            yield from _plan_round(state, now, closing, target, trigger, forced, chunk, unlocked)
+        )
+    finally:
+        hooks.remove(closing.append)
+
+
+def _plan_round(
+    state: State,
+    now: float,
+    closing: list[Connection],
+    target: int | None,
+    trigger: str,
+    forced: bool,
+    chunk: int,
+    unlocked: Container[Connection],
+) -> Generator[None, None, Plan]:
+    """The body of :func:`plan_round`; ``closing`` lists the connections closed since
+    it started (emptied as they are left out)."""
     conns = list(state.connections.values())
     n = len(conns)
     whole = target is None  # the target is the count above low (not the caller's)
@@ -328,10 +364,8 @@ def plan_round(
     grace = state.grace_period
     grace_ends = math.inf
     # 0 once taken, or once seen closed (a scorer may release a connection, a
-    # task may close one while the round yields; ``state.connections_closed``
-    # tells when to look).
+    # task may close one while the round yields; ``closing`` lists them).
     free = bytearray(b"\x01") * n
-    closes = state.connections_closed
     opened, streams_closed = state.streams_opened, state.streams_closed
     held: dict[int, str] = {}  # the excluded connections, with why
     both = 0  # candidates both in ``burst_first`` and in ``busy``
@@ -442,12 +476,15 @@ def plan_round(
     def leave_out_closed() -> None:
         """Leave out the connections not yet taken that closed since they were
         classified: never victims, in no protocol's usage, and no longer above low."""
-        nonlocal closes, dropped, target, grace_ends
-        closes = state.connections_closed
+        nonlocal dropped, target, grace_ends
         ends = grace_ends
-        for i in itertools.compress(range(n), free):
-            if not conns[i].closed:
-                continue
+        closed = closing[:]
+        del closing[:]
+        for conn in closed:
+            # ``conns`` is in id order (ids grow as connections are tracked).
+            i = bisect.bisect_left(conns, conn.id, key=_ID)
+            if i == n or conns[i] is not conn or not free[i]:
+                continue  # not in the snapshot, taken, or seen closed as classified
             free[i] = 0
             if whole:
                 target -= 1
@@ -479,7 +516,7 @@ def plan_round(
                 default=math.inf,
             )
 
-    if state.connections_closed != closes:
+    if closing:
         leave_out_closed()
     if state.streams_opened != opened or state.streams_closed != streams_closed:
         # A stream opened or closed on a connection after it was classified (a
@@ -609,10 +646,10 @@ def plan_round(
         nonlocal ordered_to
         while ordered_to < min(stop, len(busy)):
             end = min(ordered_to + chunk, len(busy))
-            while end < len(busy) and ties_by[busy[end]] - ties_by[busy[end - 1]] <= tolerance:
+            while end < len(busy) and _tied(ties_by[busy[end - 1]], ties_by[busy[end]]):
                 end += 1
             window = busy[ordered_to:end]
-            _break_ties(window, ties_by.__getitem__, lambda i: _tie_key(conns[i]), tolerance)
+            _break_ties(window, ties_by.__getitem__, lambda i: _tie_key(conns[i]))
             busy[ordered_to:end] = window
             ordered_to = end
 
@@ -631,7 +668,7 @@ def plan_round(
         for start in range(0, len(ordered), chunk):
             if start:
                 yield
-            if state.connections_closed != closes:
+            if closing:
                 leave_out_closed()
             if ordered is busy:
                 order_ties(start + chunk)
@@ -677,21 +714,14 @@ def plan_round(
         yield from _sorted(idle, lambda i: conns[i].last_active)
         yield from select(idle, Phase.IDLE)
     # Phases 3 and 4 take candidates by ascending tally (ties: see order_ties).
-    tolerance = 0.0
     ties_by = tallies  # the tallies that ties are found in
     if len(victims) < target:
         yield from _sorted(busy, tallies.__getitem__)
-        if busy:
-            largest = tallies[busy[-1]]
-            if largest == math.inf:
-                # Tallies overflowed (weights near the largest float). The infinite
-                # ones are equal (but inf - inf is NaN: they are found tied as the
-                # largest float), and the tolerance is relative to the largest
-                # finite tally (relative to inf, it would tie every tally).
-                finite = bisect.bisect_left(busy, math.inf, key=tallies.__getitem__)
-                largest = tallies[busy[finite - 1]] if finite else 0.0
-                ties_by = [min(value, sys.float_info.max) for value in tallies]
-            tolerance = TIE * max(1.0, largest)
+        if busy and tallies[busy[-1]] == math.inf:
+            # Tallies overflowed (weights near the largest float). The infinite
+            # ones are equal (but inf - inf is NaN: they are found tied as the
+            # largest float, which ties no finite tally but the very largest).
+            ties_by = [min(value, sys.float_info.max) for value in tallies]
     # Phase 3: offending protocols, most over quota first, lowest tally first within.
     offenders = [m for m, k in plain_usage.items() if k > m.grant.max and not m.closed]
     offenders.sort(key=lambda m: (-plain_usage[m] / max(m.grant.max, 0.5), m.name))
@@ -702,28 +732,38 @@ def plan_round(
     # Phase 4: everything else by ascending tally.
     if len(victims) < target:
         yield from select(busy, Phase.TALLY)
+    # Then the candidates that no protocol blocks any more: the one that did left,
+    # or its grant.min fell, while the round yielded. Taking them takes no
+    # protocol below its grant.min: no forced victims. They come in the order
+    # they were skipped. A burst-only one comes after the victims of later
+    # phases: it is named a tally victim, since burst victims come first in a
+    # plan. An offender back within its grant.max (or gone) is no longer why a
+    # candidate it skipped is taken: it is named a tally victim too.
+    offending = {m.name: m for m in offenders}
+
+    def label(phase: Phase, protocol: str | None) -> tuple[Phase, str | None]:
+        if phase is Phase.OFFENDER:
+            offender = offending[protocol or ""]
+            if offender.closed or plain_usage[offender] <= offender.grant.max:
+                return Phase.TALLY, None
+        return phase, protocol
+
+    for i, phase, protocol in blocked:
+        if len(victims) >= target:
+            break
+        if free[i] and all(
+            member.closed or usage[member] > member.grant.min for member in shapes[member_shape[i]]
+        ):
+            if phase is Phase.BURST:
+                phase, protocol = Phase.TALLY, None
+            take(i, *label(phase, protocol))
     # Forced rounds may go below grant.min when nothing else is left.
     if forced:
-        # First the candidates that no protocol blocks any more: the one that did
-        # left, or its grant.min fell, while the round yielded. Taking them takes
-        # no protocol below its grant.min: no forced victims. (A burst-only one
-        # comes after the victims of later phases: it goes by its tally, as it
-        # would have in phase 4, since burst victims come first in a plan.)
-        for i, phase, protocol in blocked:
-            if len(victims) >= target:
-                break
-            if free[i] and all(
-                member.closed or usage[member] > member.grant.min
-                for member in shapes[member_shape[i]]
-            ):
-                if phase is Phase.BURST:
-                    phase, protocol = Phase.TALLY, None
-                take(i, phase, protocol)
         for i, phase, protocol in blocked:
             if len(victims) >= target:
                 break
             if free[i]:
-                take(i, phase, protocol, forced=True)
+                take(i, *label(phase, protocol), forced=True)
 
     min_blocked = {i: conns[i] for i, _, _ in blocked if free[i]}
     candidates = len(burst_first) + len(idle) + len(busy) - both - dropped
@@ -736,6 +776,9 @@ def plan_round(
         tuple(min_blocked.values()),
         grace_ends,
     )
+
+
+_ID = operator.attrgetter("id")
 
 
 def _tie_key(conn: Connection) -> tuple[bool, float, int]:

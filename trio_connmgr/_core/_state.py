@@ -14,7 +14,7 @@ import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, final
 
 import attrs
@@ -918,11 +918,24 @@ class State:
         return math.inf
 
     def expire_locks(self, now: float) -> int:
-        """Expire every held lock whose time is up; return how many expired."""
+        """Expire every held lock whose time is up; return how many expired.
+
+        Should a callback or an event writer raise what must not be caught (a
+        ``KeyboardInterrupt``), the other locks due expire all the same, and then
+        it is raised.
+        """
         expired = 0
-        while self.next_lock_expiry() <= now:
-            _, _, lock = heapq.heappop(self._expiries)
+
+        def due() -> Iterator[LockState]:
+            # One at a time: a callback may extend a lock due too, or re-enter.
+            while self.next_lock_expiry() <= now:
+                yield heapq.heappop(self._expiries)[2]
+
+        def expire(lock: LockState) -> None:
+            nonlocal expired
             expired += self.end_lock(lock, "expired")
+
+        call_each(expire, due())
         return expired
 
     # ------------------------------------------------------------------ bursts

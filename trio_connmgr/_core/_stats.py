@@ -97,7 +97,12 @@ class RoundStatistics:
         last_at: Manager clock time the last round ended (``None`` before the first).
         victims_by_phase: Connections pruned, in total, by phase (``burst``,
             ``idle``, ``offender``, ``tally``); phases that never pruned are absent.
-        failures: Rounds that raised (the regulator restarted after each).
+        failures: Times the regulator raised: in a round it ran, or in a
+            trigger's ``check()`` or ``next_check()`` between rounds. It restarted
+            after each, except the one that stopped the manager (more than
+            ``max_round_failures`` within ``failure_window``). A
+            :meth:`~ConnectionManager.trim` round that raises is not counted:
+            its caller gets the error.
         total_duration: Wall-clock seconds spent in rounds, in total.
         locks_revoked: Locks revoked by rounds, in total.
     """

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from .._config import check_bool
 from .._core._planner import Phase, exclusion
 from .._errors import ConfigError
 
@@ -111,7 +112,13 @@ def assert_pruned(
                 2 of 3 connections were not pruned as expected (phase=burst):
                   #4 peer='peer-4' inbound [/chat]: open (prunable)
                   #5 peer='peer-5' inbound: pruned by phase idle #1, tally 0.000, ...
+
+        ConfigError: if ``phase`` is not a phase, ``forced`` is neither a bool
+            nor ``None``, or ``in_order`` is not a bool.
     """
+    if forced is not None:
+        check_bool("assert_pruned forced", forced)
+    check_bool("assert_pruned in_order", in_order)
     conns = _as_list(conns, "assert_pruned")
     want: dict[str, object] = {}
     if phase is not None:

@@ -59,25 +59,32 @@ def check_invariants(
       ``allow_round_failures``;
     - **the last round**, if given (§12.1, 2, 3, 4, 7): after a round that
       started above ``high``, ``count_after - arrived <= max(low, unprunable)``
-      (the connections that arrived after it planned were not its to prune);
-      with a :class:`RoundResult`, ``low`` and ``high`` are the limits as the
-      round completed, and also: each pruned connection is closed as
-      ``"pruned"`` with no open stream, was past its grace period, was not of
-      a protected peer nor under a held lock when pruned, victims have
-      distinct ranks with burst-phase victims first within each plan of the
-      round (a round that skipped victims as it applied plans again, and
-      ``RoundCompleted.replan_ranks`` says where each plan made again begins),
-      and only a forced round took a protocol below its ``grant.min`` (each
-      such take marked forced), after every other victim (a burst-only
-      connection taken that way comes last, as the last resort);
+      (the connections that arrived after it planned were not its to prune),
+      where ``high`` is the effective high as the round started
+      (``RoundCompleted.high_before``) and ``low`` the low its last plan
+      worked to (``RoundCompleted.low_planned``), or the effective low as it
+      completed if sensing raised it meanwhile (the round stops there); the
+      limits as it completed (a :class:`RoundResult`'s ``limits``, the limits
+      now for a bare event) stand in for an event that lacks those (a trace of
+      an earlier release); with a :class:`RoundResult`, also: each pruned
+      connection is closed as ``"pruned"`` with no open stream, was past its
+      grace period, was not of a protected peer nor under a held lock when
+      pruned, victims have distinct ranks with burst-phase victims first
+      within each plan of the round (a round that skipped victims as it
+      applied plans again, and ``RoundCompleted.replan_ranks`` says where each
+      plan made again begins), and only a forced round took a protocol below
+      its ``grant.min`` (each such take marked forced), after every other
+      victim (a burst-only connection taken that way comes last, as the last
+      resort);
     - **a closed manager** (§12.8): no connection, no enrollment left.
 
     Args:
         manager: The manager to check.
         last_round: The latest round: from :func:`force_round`, from
             :func:`record_rounds`, or a :class:`trio_connmgr.RoundCompleted`
-            event. A bare event carries no limits: pass it right after the
-            round (before the effective ``low`` changes). Omit it to check the
+            event. A bare event does not carry the limits as the round
+            completed: pass it right after the round (before the effective
+            limits change). Omit it to check the
             manager only. ``None`` (say, ``rounds.last`` when no round ran
             while recording) is a violation, "no round has completed": the
             test meant to check a round and there is none.
@@ -310,6 +317,14 @@ def _check_round(
     else:
         completed = last_round
         pruned = ()
+    # Sensing may move the limits while the round runs: what counts is the high as
+    # it started and the low its last plan worked to (or the low as it completed,
+    # if higher: it stops there). An event of an earlier release carries neither:
+    # the limits as it completed stand in.
+    if completed.high_before is not None:
+        high = completed.high_before
+    if completed.low_planned is not None:
+        low = max(low, completed.low_planned)
     if completed.count_before > high:
         # Connections that arrived after the round last planned are not its to prune.
         bound = max(low, completed.unprunable)

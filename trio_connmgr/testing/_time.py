@@ -28,9 +28,6 @@ if TYPE_CHECKING:
     from .._core._state import Connection
     from .._manager import ConnectionManager
 
-# Smallest manual clock step: float rounding may leave a deadline a hair ahead.
-_MIN_STEP = 1e-9
-
 
 def _manual_clock() -> trio.testing.MockClock | None:
     """The current MockClock if it only moves when told to (no autojump, rate 0)."""
@@ -103,7 +100,10 @@ async def _step_clock(
         step = trio.lowlevel.current_statistics().seconds_to_next_deadline
         if math.isinf(step) or trio.current_time() + step > until:
             return
-        clock.jump(max(step, _MIN_STEP))
+        # Exactly to the deadline, as autojump does (a fixed minimum step would pass
+        # deadlines closer together than it, and ``until``); at least one ulp of the
+        # clock, so that the clock always moves.
+        clock.jump(max(step, math.ulp(trio.current_time())))
 
 
 def _closers_pending(manager: ConnectionManager) -> bool:
