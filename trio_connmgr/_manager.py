@@ -1064,7 +1064,7 @@ async def open_connection_manager(
     if sensing is not None:
         # Claimed before the first checkpoint (checked above, nothing awaited
         # since): a second manager opened meanwhile gets a plain ConfigError.
-        sensing._claimed = True
+        sensing._claim()
     _TRIGGERS_IN_USE.update(claimed)  # (so are the triggers that keep state)
     body_error: BaseException | None = None
     manager: ConnectionManager | None = None
@@ -1130,7 +1130,7 @@ async def open_connection_manager(
         state.closed = True
         _TRIGGERS_IN_USE.difference_update(claimed)
         if sensing is not None:
-            sensing._claimed = False
+            sensing._release()
         if writer is not None:
             writer.finish(close=owns_trace)
     fatal = manager._fatal if manager is not None else None

@@ -191,6 +191,18 @@ def _overrides(sensor: Sensor, method: str) -> bool:
     return getattr(type(sensor), method) is not getattr(Sensor, method)
 
 
+def _keeps_state(sensor: Sensor) -> bool:
+    """Whether ``sensor`` keeps what one manager feeds it (its dials) or runs a
+    task for it (as DialHealth and LoopLag do): then it serves one manager at a
+    time. One that only samples may serve several."""
+    return _overrides(sensor, "run") or _overrides(sensor, "dial_reported")
+
+
+_SENSORS_IN_USE: set[int] = set()
+"""The ids of the sensors that keep state (see _keeps_state) of the Sensing
+objects driving an open manager."""
+
+
 @final
 class FileDescriptors(Sensor):
     """File descriptors: the soft ``RLIMIT_NOFILE`` and how many are open.
@@ -605,7 +617,12 @@ class Sensing:
     that interval. So does one whose ``sample`` returns no :class:`Reading`, or a
     ceiling too large for a float (its figures are floats).
 
-    One ``Sensing`` drives one manager at a time.
+    One ``Sensing`` drives one manager at a time, and so does a sensor that keeps
+    what a manager feeds it or runs a task for it (one that overrides
+    ``dial_reported`` or ``run``, as :class:`DialHealth` and :class:`LoopLag`
+    do), whichever ``Sensing`` carries it: opening a second manager with either
+    while the first is open is a ``ConfigError``. A sensor that only samples
+    may serve several.
 
     Args:
         sensors: The :class:`Sensor` objects (unique names; at least one).
@@ -676,10 +693,25 @@ class Sensing:
         self._errors: dict[str, int] = {}
         self._manager: ConnectionManager | None = None
         # Set synchronously by the manager being opened, until it has closed: two
-        # managers opened at the same time cannot both take this Sensing.
+        # managers opened at the same time cannot both take this Sensing (nor,
+        # through another Sensing, one of its sensors that keep state).
         self._claimed = False
+        self._claimed_sensors: set[int] = set()
 
     # -------------------------------------------------------------- settings
+
+    def _claim(self) -> None:
+        """Take this Sensing and its sensors that keep state (after :meth:`_check`,
+        with nothing awaited since), until :meth:`_release`."""
+        self._claimed = True
+        self._claimed_sensors = {id(s) for s in self.sensors if _keeps_state(s)}
+        _SENSORS_IN_USE.update(self._claimed_sensors)
+
+    def _release(self) -> None:
+        """Free what :meth:`_claim` took (the manager has closed)."""
+        self._claimed = False
+        _SENSORS_IN_USE.difference_update(self._claimed_sensors)
+        self._claimed_sensors = set()
 
     def _floor(self, limits: Limits) -> int:
         return self.floor if self.floor is not None else max(1, limits.low // 2)
@@ -695,6 +727,14 @@ class Sensing:
                 f"this Sensing already drives another open connection manager{driven}; "
                 f"create one Sensing per manager"
             )
+        for sensor in self.sensors:
+            if _keeps_state(sensor) and id(sensor) in _SENSORS_IN_USE:
+                # A DialHealth would mix both managers' dials, two LoopLag
+                # tasks would clear each other's history.
+                raise ConfigError(
+                    f"sensor {sensor!r} already serves another open connection manager "
+                    f"(through another Sensing); give each Sensing its own"
+                )
         if self.floor is not None and self.floor > limits.high:
             raise ConfigError(
                 f"Sensing.floor must be <= Limits.high, got floor={self.floor!r}, "
