@@ -32,7 +32,7 @@ import os
 import statistics
 import sys
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, final
 
 import trio
@@ -197,6 +197,18 @@ def _keeps_state(sensor: Sensor) -> bool:
     time. One that only samples may serve several."""
     return _overrides(sensor, "run") or _overrides(sensor, "dial_reported")
 
+
+_SENSING_SETTINGS: dict[str, Callable[[object], object]] = {
+    "interval": lambda value: check_period(
+        "Sensing.interval", value, allow_zero=False, minimum=MIN_PERIOD
+    ),
+    "floor": lambda value: _check_optional_count("Sensing.floor", value),
+    "increase": lambda value: _check_optional_count("Sensing.increase", value),
+    "decrease": lambda value: check_fraction(
+        "Sensing.decrease", value, above_zero=True, below_one=True
+    ),
+}
+"""The settings of a :class:`Sensing`, each with its check (when built and when set)."""
 
 _SENSORS_IN_USE: set[int] = set()
 """The ids of the sensors that keep state (see _keeps_state) of the Sensing
@@ -634,6 +646,10 @@ class Sensing:
             ``Limits.high``, at least 1).
         decrease: Factor in ``(0, 1)`` applied per interval under pressure.
 
+    ``interval``, ``floor``, ``increase`` and ``decrease`` may be set while a
+    manager runs: each is checked as here and takes effect at the next interval.
+    ``sensors`` cannot be changed.
+
     Raises:
         ConfigError: a bad argument (the message names it and its value), or a
             sensor whose ``sample`` or ``dial_reported`` is ``async`` (both are
@@ -679,14 +695,11 @@ class Sensing:
                     f"async function (it runs as a task), got {sensor.run!r}"
                 )
         self.sensors: tuple[Sensor, ...] = tuple(sensors)
-        self.interval = check_period(
-            "Sensing.interval", interval, allow_zero=False, minimum=MIN_PERIOD
-        )
-        self.floor = _check_optional_count("Sensing.floor", floor)
-        self.increase = _check_optional_count("Sensing.increase", increase)
-        self.decrease = check_fraction(
-            "Sensing.decrease", decrease, above_zero=True, below_one=True
-        )
+        # (Checked by __setattr__, as when they are set later.)
+        self.interval: float = interval
+        self.floor: int | None = floor
+        self.increase: int | None = increase
+        self.decrease: float = decrease
         self.last: Decision | None = None
         """The last decision (``None`` before the first interval)."""
         self._dial_sensors = tuple(s for s in self.sensors if _overrides(s, "dial_reported"))
@@ -699,6 +712,17 @@ class Sensing:
         self._claimed_sensors: set[int] = set()
 
     # -------------------------------------------------------------- settings
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # The settings are read at every interval: one set while a manager runs
+        # takes effect at the next, and is checked as the constructor checks it
+        # (an interval of 0 would keep the controller busy for ever).
+        check = _SENSING_SETTINGS.get(name)
+        if check is not None:
+            value = check(value)
+        elif name == "sensors" and "sensors" in self.__dict__:
+            raise AttributeError("Sensing.sensors cannot be changed: create another Sensing")
+        object.__setattr__(self, name, value)
 
     def _claim(self) -> None:
         """Take this Sensing and its sensors that keep state (after :meth:`_check`,
