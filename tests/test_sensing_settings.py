@@ -39,3 +39,18 @@ async def test_an_interval_set_while_a_manager_runs_takes_effect_at_the_next(
         sensing.interval = 2.0
         await trio.sleep(8.5)
     assert fake.samples == [0.0, 5.0, 7.0, 9.0]
+
+
+@pytest.mark.parametrize(("high", "increase"), [(10, 1), (30, 2), (50, 3), (70, 4), (100, 5)])
+async def test_the_default_increase_is_five_percent_of_high_rounded_half_up(
+    autojump_clock: trio.testing.MockClock, high: int, increase: int
+) -> None:
+    # Pressure takes the share to its floor of 1, then each healthy interval
+    # adds the default increase.
+    fake = FakeSensor(pressure=True)
+    sensing = Sensing([fake], interval=5.0, floor=1, decrease=0.01)
+    async with cm.open_connection_manager(limits=cm.Limits(1, high), sensing=sensing) as mgr:
+        assert mgr.limits.high == 1
+        fake.pressure = False
+        await trio.sleep(6)  # (past the sample at t=5, before the next)
+        assert mgr.limits.high == 1 + increase

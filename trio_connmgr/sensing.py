@@ -643,7 +643,7 @@ class Sensing:
         floor: The share never goes below this many connections (default: half
             of ``Limits.low``, at least 1). Must be ``<= Limits.high``.
         increase: Connections added per healthy interval (default: 5% of
-            ``Limits.high``, at least 1).
+            ``Limits.high``, rounded half up, at least 1).
         decrease: Factor in ``(0, 1)`` applied per interval under pressure.
 
     ``interval``, ``floor``, ``increase`` and ``decrease`` may be set while a
@@ -741,7 +741,8 @@ class Sensing:
         return self.floor if self.floor is not None else max(1, limits.low // 2)
 
     def _increase(self, limits: Limits) -> int:
-        return self.increase if self.increase is not None else max(1, round(limits.high / 20))
+        # 5%, rounded half up (round() would take 2.5 to 2 and 3.5 to 4).
+        return self.increase if self.increase is not None else max(1, (limits.high + 10) // 20)
 
     def _check(self, limits: Limits) -> None:
         """Raise ConfigError if it cannot drive a manager with ``limits`` now."""
