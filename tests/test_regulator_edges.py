@@ -115,3 +115,38 @@ async def test_a_trigger_fired_during_a_cancelled_trim_is_reset_by_the_next_roun
         assert not latch.fired
         await trio.sleep(60)
         assert mgr.statistics().rounds.count == 1
+
+
+async def test_a_trim_cancelled_while_planning_leaves_no_close_hook(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The Cancelled is kept (as an error reporter or a test harness would keep
+    # it), and with it the frames it went through: the plan the trim abandoned
+    # must still have ended, its hook gone from the state's close hooks (or
+    # every connection closed from then on would stay alive in it).
+    kept: list[BaseException] = []
+    async with cm.open_connection_manager(
+        limits=cm.Limits(low=10, high=5000), grace_period=0.0
+    ) as mgr:
+        state = mgr._state
+        hooks = list(state.close_hooks)
+        for i in range(5000):
+            mgr.track(i, direction="inbound", close=trio.lowlevel.checkpoint)
+
+        async def trimmer(*, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+            with trio.CancelScope() as scope:
+                task_status.started(scope)
+                try:
+                    await mgr.trim()
+                except trio.Cancelled as exc:
+                    kept.append(exc)
+                    raise
+
+        async with trio.open_nursery() as nursery:
+            scope = await nursery.start(trimmer)
+            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
+            assert len(state.close_hooks) == len(hooks) + 1  # (planning)
+            scope.cancel()
+        assert kept
+        assert state.close_hooks == hooks

@@ -117,6 +117,7 @@ def test_an_interval_counts_from_the_manager_of_each_run() -> None:
 async def test_triggers_that_keep_no_state_serve_two_open_managers() -> None:
     class AboveLow(Trigger):
         name = "above-low"
+        keeps_state = False
 
         def check(self, view: TriggerView, now: float) -> bool:
             return view.count > view.low
@@ -127,3 +128,21 @@ async def test_triggers_that_keep_no_state_serve_two_open_managers() -> None:
         cm.open_connection_manager(limits=LIMITS, triggers=shared),
     ):
         pass
+
+
+async def test_a_trigger_keeping_state_in_check_alone_is_refused_to_a_second_manager() -> None:
+    class Growth(Trigger):
+        name = "growth"
+
+        def __init__(self) -> None:
+            self.last = 0
+
+        def check(self, view: TriggerView, now: float) -> bool:
+            grew, self.last = view.count - self.last >= 50, view.count
+            return grew
+
+    growth = Growth()
+    async with cm.open_connection_manager(limits=LIMITS, triggers=[growth]):
+        with pytest.raises(cm.ConfigError, match="already serves another open connection"):
+            async with cm.open_connection_manager(limits=LIMITS, triggers=[growth]):
+                pass  # pragma: no cover

@@ -121,15 +121,9 @@ as a Sensing does."""
 
 
 def _keeps_state(trigger: Trigger) -> bool:
-    """Whether ``trigger`` may keep state between calls: it overrides a hook
-    other than ``check`` (a level trigger such as HighWater or Pressure keeps
-    none, and may serve several managers at once)."""
-    kind = type(trigger)
-    return any(
-        getattr(kind, hook) is not getattr(Trigger, hook)
-        for hook in _TRIGGER_HOOKS
-        if hook != "check"
-    )
+    """Whether ``trigger`` keeps state between calls (see ``Trigger.keeps_state``):
+    an override of ``check`` alone may keep state too (a latch, a last count)."""
+    return type(trigger).keeps_state is not False
 
 
 def check_manager(field: str, value: object) -> None:

@@ -46,13 +46,18 @@ poke) before trying again, so unprunable connections cannot make it spin."""
 
 async def drive(gen: Generator[None, None, T]) -> T:
     """Run a planning generator, checkpointing between its chunks."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
-        await trio.lowlevel.checkpoint()
+    try:
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+            await trio.lowlevel.checkpoint()
+    finally:
+        # Cancelled between chunks: end the plan now (its close hook goes with
+        # it), not whenever the generator is collected.
+        gen.close()
 
 
 def newest(state: State) -> int:

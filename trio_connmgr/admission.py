@@ -84,7 +84,8 @@ def enforce_hard_cap(
         ConnectionRefused: at the cap, with nothing evicted.
         ConfigError: ``evict`` is not ``True`` or ``False``.
     """
-    check_bool("enforce_hard_cap evict", evict)
+    if evict is not False and evict is not True:  # (two identity tests per newcomer)
+        check_bool("enforce_hard_cap evict", evict)  # type: ignore[unreachable]
     state = manager._state
     hard = state.hard
     if hard is None or state.count < hard:

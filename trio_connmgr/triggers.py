@@ -37,13 +37,13 @@ triggers have the dial; from ``check``, ``next_check`` or
 ``round_completed``, the regulator logs and counts a failed round and restarts
 with back-off (repeated failures stop the manager, SPEC §8), except that
 ``round_completed`` after a round run by ``mgr.trim()`` makes that call raise it
-(the round is recorded first, and the other triggers are told). A trigger keeps
-state (its windows, what it latched, its last round), so one with hooks other
-than ``check`` serves one open manager at a time (another gets a
-``ConfigError``); once that manager has closed, it may serve a new one, which
-:meth:`Trigger.manager_opened` tells it to start afresh. One that only
-overrides ``check`` (as :class:`HighWater` and :class:`Pressure` do) keeps no
-state and may serve several managers at once.
+(the round is recorded first, and the other triggers are told). A trigger may
+keep state (its windows, what it latched, its last round), so it serves one
+open manager at a time (another gets a ``ConfigError``); once that manager has
+closed, it may serve a new one, which :meth:`Trigger.manager_opened` tells it
+to start afresh. One whose hooks read nothing but their arguments (as
+:class:`HighWater` and :class:`Pressure`) says so with ``keeps_state = False``
+and may serve several managers at once.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 import sys
 from collections import deque
-from typing import final
+from typing import ClassVar, final
 
 import attrs
 
@@ -88,6 +88,10 @@ class Trigger:
     """
 
     name: str = "trigger"
+    keeps_state: ClassVar[bool] = True
+    """Whether it keeps state between calls (then it serves one open manager at a
+    time). Set it to False in a trigger whose hooks read nothing but their
+    arguments, so that several managers may share it."""
 
     def manager_opened(self, now: float) -> None:
         """A manager opened with this trigger: forget the state an earlier manager
@@ -130,6 +134,7 @@ class HighWater(Trigger):
     """Fires while the connection count is above ``high``. Always on."""
 
     name = "high-water"
+    keeps_state = False
 
     def check(self, view: TriggerView, now: float) -> bool:
         """True while ``count > high``."""
@@ -145,6 +150,7 @@ class Pressure(Trigger):
     """
 
     name = "pressure"
+    keeps_state = False
 
     def check(self, view: TriggerView, now: float) -> bool:
         """True while sensing reports pressure and ``count > low``."""

@@ -267,12 +267,11 @@ def _break_ties(items: list[int], key: Callable[[int], float], ties: Callable[[i
     are rare: only they pay for the full order.
     """
     keys = list(map(key, items))
-    # Indices i with keys[i + 1] - keys[i] within the tolerance of the largest key
-    # (any tie is), found without a Python-level loop; then those that are tied.
-    loose = TIE * max(1.0, keys[-1]) if keys else 0.0
+    # Indices i with keys[i] and keys[i + 1] tied (see _tied), without a
+    # Python-level loop: keys[i + 1] - keys[i] <= TIE * max(1, keys[i + 1]).
     gaps = map(operator.sub, keys[1:], keys)
-    near = itertools.compress(itertools.count(), map(loose.__ge__, gaps))
-    same = [i for i in near if _tied(keys[i], keys[i + 1])]
+    allowed = map(TIE.__mul__, map(max, itertools.repeat(1.0), keys[1:]))
+    same = list(itertools.compress(itertools.count(), map(operator.le, gaps, allowed)))
     i = 0
     while i < len(same):
         start = same[i]
@@ -646,7 +645,13 @@ def _plan_round(
         nonlocal ordered_to
         while ordered_to < min(stop, len(busy)):
             end = min(ordered_to + chunk, len(busy))
-            while end < len(busy) and _tied(ties_by[busy[end - 1]], ties_by[busy[end]]):
+            # (_tied inlined: with one constant score, this runs once per candidate.)
+            last = ties_by[busy[end - 1]]
+            while end < len(busy):
+                key = ties_by[busy[end]]
+                if key - last > TIE * (key if key > 1.0 else 1.0):
+                    break
+                last = key
                 end += 1
             window = busy[ordered_to:end]
             _break_ties(window, ties_by.__getitem__, lambda i: _tie_key(conns[i]))
