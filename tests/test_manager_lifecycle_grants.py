@@ -45,6 +45,14 @@ async def test_an_enrollment_lowering_the_others_grant_mins_lets_a_round_left_sh
             assert (p.usage, mgr.statistics().connections) == (5, 6)
 
 
+async def trim_into(outcome: list[object], mgr: cm.ConnectionManager) -> None:
+    """Append what ``mgr.trim()`` returned, or the ManagerClosed it raised."""
+    try:
+        outcome.append(await mgr.trim())
+    except cm.ManagerClosed as exc:
+        outcome.append(exc)
+
+
 async def test_a_trim_waiting_for_a_round_under_way_as_the_manager_closes_raises_manager_closed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -59,19 +67,13 @@ async def test_a_trim_waiting_for_a_round_under_way_as_the_manager_closes_raises
         async with lock:
             await release.wait()
 
-    async def trim(mgr: cm.ConnectionManager) -> None:
-        try:
-            outcome.append(await mgr.trim())
-        except cm.ManagerClosed as exc:
-            outcome.append(exc)
-
     async with trio.open_nursery() as outer:
         async with cm.open_connection_manager(limits=cm.Limits(1, 10), grace_period=0) as mgr:
             for i in range(3):
                 mgr.track(i, direction="outbound", close=trio.lowlevel.checkpoint)
             outer.start_soon(hold, mgr._regulator._round_lock)
             await trio.testing.wait_all_tasks_blocked()
-            outer.start_soon(trim, mgr)
+            outer.start_soon(trim_into, outcome, mgr)
             await trio.testing.wait_all_tasks_blocked()
             assert mgr._regulator._round_lock.statistics().tasks_waiting == 1
         release.set()
@@ -97,18 +99,12 @@ async def test_a_trim_planning_as_the_manager_closes_raises_manager_closed(
 
     outcome: list[object] = []
 
-    async def trim(mgr: cm.ConnectionManager) -> None:
-        try:
-            outcome.append(await mgr.trim())
-        except cm.ManagerClosed as exc:
-            outcome.append(exc)
-
     async with trio.open_nursery() as outer:
         async with cm.open_connection_manager(limits=cm.Limits(1, 2000), grace_period=0) as mgr:
             for i in range(planner_module.CHUNK + 1):
                 mgr.track(i, direction="outbound", close=trio.lowlevel.checkpoint)
             monkeypatch.setattr(regulator_module, "trio", hooked_trio(before))
-            outer.start_soon(trim, mgr)
+            outer.start_soon(trim_into, outcome, mgr)
             await planning.wait()
         closed.set()
     assert len(outcome) == 1

@@ -8,6 +8,7 @@ from test_planner import Core, check_plan, finish_plan, victim_ids
 
 import trio_connmgr as cm
 from trio_connmgr._core._planner import Phase, plan_round
+from trio_connmgr._core._state import Connection, EnrollmentState
 
 OUTBOUND = cm.Direction.OUTBOUND
 
@@ -231,10 +232,9 @@ def test_a_heavy_protocol_leaves_the_order_of_light_tallies() -> None:
         check_plan(core.state, plan, core.now, forced=False, burst_only={})
 
 
-def test_a_forced_victim_of_a_protocol_back_within_its_max_names_no_offender() -> None:
-    # "x" (grant.max 1) offends on a, b and c; a, the lowest tally, is also the
-    # only connection of "y" (grant.min 1): skipped, then b and c are taken and x
-    # is back within its max. The forced pass takes a last: no longer for x.
+def offender_at_a_grant_min() -> tuple[Core, EnrollmentState, list[Connection]]:
+    """ "x" (grant.max 1) offends on a, b and c; a, the lowest tally, is also the
+    only connection of "y" (grant.min 1); d is "z"'s, with the highest tally."""
     core = Core(1, 10)
     x = core.member("x", cm.Quota(0, 1))
     y = core.member("y", cm.Quota(1, 10))
@@ -245,6 +245,13 @@ def test_a_forced_victim_of_a_protocol_back_within_its_max_names_no_offender() -
     core.stream(x, b, score=0.5)
     core.stream(x, c, score=0.9)
     core.stream(z, d, score=0.95)
+    return core, y, [a, b, c, d]
+
+
+def test_a_forced_victim_of_a_protocol_back_within_its_max_names_no_offender() -> None:
+    # a is skipped for y's grant.min, then b and c are taken and x is back
+    # within its max. The forced pass takes a last: no longer for x.
+    core, _, (a, b, c, d) = offender_at_a_grant_min()
     plan = core.plan(target=4, forced=True)
     assert [(v.connection, v.reason.phase, v.reason.protocol) for v in plan.victims] == [
         (b, Phase.OFFENDER, "x"),
@@ -259,16 +266,7 @@ def test_a_forced_victim_of_a_protocol_back_within_its_max_names_no_offender() -
 def test_a_candidate_set_free_of_a_protocol_back_within_its_max_names_no_offender() -> None:
     # As above, but "y" leaves while the round is planned: a, set free, is taken
     # without going below any grant.min, and no longer for x either.
-    core = Core(1, 10)
-    x = core.member("x", cm.Quota(0, 1))
-    y = core.member("y", cm.Quota(1, 10))
-    z = core.member("z")
-    a, b, c, d = core.conn(), core.conn(), core.conn(), core.conn()
-    core.stream(x, a, score=0.1)
-    core.stream(y, a, score=0.0)
-    core.stream(x, b, score=0.5)
-    core.stream(x, c, score=0.9)
-    core.stream(z, d, score=0.95)
+    core, y, (a, b, c, d) = offender_at_a_grant_min()
     gen = plan_round(core.state, core.now, trigger="test", forced=True, target=4, chunk=1)
     for _ in range(4):  # three yields classifying, one after the first offender victim
         next(gen)

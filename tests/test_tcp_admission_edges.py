@@ -8,18 +8,10 @@ from typing import Any
 
 import pytest
 import trio
+from test_tcp import wait_closed
 
 import trio_connmgr as cm
 from trio_connmgr.tcp import open_tcp_connection, serve_tcp
-
-
-async def wait_closed(stream: trio.SocketStream) -> None:
-    """Return once the remote end closed or reset the connection."""
-    try:
-        while await stream.receive_some(1024):
-            pass
-    except trio.BrokenResourceError:
-        pass  # reset by the peer: closed as well
 
 
 async def test_a_refused_connection_is_logged_with_the_client_address(
