@@ -1,5 +1,5 @@
-"""A sensor that keeps state serves one open manager at a time, whichever
-Sensing carries it; one that only samples may serve several."""
+"""A sensor serves one open manager at a time, whichever Sensing carries it;
+one whose class says it keeps no state may serve several."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import trio.testing
 
 import trio_connmgr as cm
-from trio_connmgr.sensing import DialHealth, FileDescriptors, LoopLag, Sensing
+from trio_connmgr.sensing import DialHealth, FileDescriptors, LoopLag, Reading, Sensing, Sensor
 
 LIMITS = cm.Limits(10, 20)
 
@@ -47,3 +47,23 @@ async def test_a_refused_sensing_takes_none_of_its_sensors(
                 pass  # pragma: no cover
         async with cm.open_connection_manager(limits=LIMITS, sensing=Sensing([other])):
             pass
+
+
+async def test_a_sensor_keeping_state_in_sample_alone_is_refused_to_a_second_manager(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Smoothed(Sensor):
+        name = "smoothed"
+
+        def __init__(self) -> None:
+            self.mean = 0.0
+
+        def sample(self, now: float) -> Reading:
+            self.mean = (self.mean + now) / 2
+            return Reading({"mean": self.mean})
+
+    sensor = Smoothed()
+    async with cm.open_connection_manager(limits=LIMITS, sensing=Sensing([sensor])):
+        with pytest.raises(cm.ConfigError, match="already serves another open connection"):
+            async with cm.open_connection_manager(limits=LIMITS, sensing=Sensing([sensor])):
+                pass  # pragma: no cover

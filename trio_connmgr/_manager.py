@@ -115,15 +115,9 @@ _TRIGGER_HOOKS = (
 """A trigger's methods the manager calls without awaiting."""
 
 _TRIGGERS_IN_USE: set[int] = set()
-"""The ids of the triggers that keep state (see _keeps_state) of the managers open
-now: such a trigger (its windows, what it latched) serves one manager at a time,
-as a Sensing does."""
-
-
-def _keeps_state(trigger: Trigger) -> bool:
-    """Whether ``trigger`` keeps state between calls (see ``Trigger.keeps_state``):
-    an override of ``check`` alone may keep state too (a latch, a last count)."""
-    return type(trigger).keeps_state is not False
+"""The ids of the triggers that keep state (``Trigger.keeps_state``) of the managers
+open now: such a trigger (its windows, what it latched) serves one manager at a
+time, as a Sensing does."""
 
 
 def check_manager(field: str, value: object) -> None:
@@ -999,7 +993,7 @@ async def open_connection_manager(
     else:
         triggers = list(triggers)
     seen: set[int] = set()
-    claimed: set[int] = set()  # (the triggers that keep state: see _keeps_state)
+    claimed: set[int] = set()  # (the triggers that keep state)
     for trigger in triggers:
         if not isinstance(trigger, Trigger):
             raise ConfigError(f"triggers must be Trigger instances, got {trigger!r}")
@@ -1012,16 +1006,16 @@ async def open_connection_manager(
             # Its hooks would be called twice for each event: a Spike would count
             # every connection twice.
             raise ConfigError(f"triggers lists the same trigger twice: {trigger!r}")
-        if _keeps_state(trigger) and id(trigger) in _TRIGGERS_IN_USE:
-            # It would count both managers' connections and dials, and each
-            # manager's rounds would reset what it latched for the other.
-            raise ConfigError(
-                f"trigger {trigger!r} already serves another open connection manager; "
-                "give each manager its own"
-            )
-        seen.add(id(trigger))
-        if _keeps_state(trigger):
+        if type(trigger).keeps_state is not False:
+            if id(trigger) in _TRIGGERS_IN_USE:
+                # It would count both managers' connections and dials, and each
+                # manager's rounds would reset what it latched for the other.
+                raise ConfigError(
+                    f"trigger {trigger!r} already serves another open connection manager; "
+                    "give each manager its own"
+                )
             claimed.add(id(trigger))
+        seen.add(id(trigger))
         for hook in _TRIGGER_HOOKS:
             check_not_async(f"trigger {trigger.name!r}: {hook}()", getattr(trigger, hook))
     if admission is not None and not isinstance(admission, Admission):

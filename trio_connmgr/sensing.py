@@ -33,7 +33,7 @@ import statistics
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, ClassVar, final
 
 import trio
 
@@ -162,6 +162,11 @@ class Sensor:
     """
 
     name: str = "sensor"
+    keeps_state: ClassVar[bool] = True
+    """Whether it keeps what a manager feeds it or its samples, or runs a task for
+    it (then it serves one open manager at a time). Set it to False in a sensor
+    that only reads the machine as it samples, so that several managers may
+    share it."""
 
     def sample(self, now: float) -> Reading:
         """Measure now (``now`` is the manager's clock); return a :class:`Reading`."""
@@ -191,13 +196,6 @@ def _overrides(sensor: Sensor, method: str) -> bool:
     return getattr(type(sensor), method) is not getattr(Sensor, method)
 
 
-def _keeps_state(sensor: Sensor) -> bool:
-    """Whether ``sensor`` keeps what one manager feeds it (its dials) or runs a
-    task for it (as DialHealth and LoopLag do): then it serves one manager at a
-    time. One that only samples may serve several."""
-    return _overrides(sensor, "run") or _overrides(sensor, "dial_reported")
-
-
 _SENSING_SETTINGS: dict[str, Callable[[object], object]] = {
     "interval": lambda value: check_period(
         "Sensing.interval", value, allow_zero=False, minimum=MIN_PERIOD
@@ -211,7 +209,7 @@ _SENSING_SETTINGS: dict[str, Callable[[object], object]] = {
 """The settings of a :class:`Sensing`, each with its check (when built and when set)."""
 
 _SENSORS_IN_USE: set[int] = set()
-"""The ids of the sensors that keep state (see _keeps_state) of the Sensing
+"""The ids of the sensors that keep state (``Sensor.keeps_state``) of the Sensing
 objects driving an open manager."""
 
 
@@ -233,6 +231,7 @@ class FileDescriptors(Sensor):
     """
 
     name = "file-descriptors"
+    keeps_state = False
 
     def __init__(
         self, *, fraction: float = 0.5, per_connection: int = 1, pressure_at: float = 0.9
@@ -287,6 +286,7 @@ class Memory(Sensor):
     """
 
     name = "memory"
+    keeps_state = False
 
     def __init__(
         self,
@@ -629,12 +629,11 @@ class Sensing:
     that interval. So does one whose ``sample`` returns no :class:`Reading`, or a
     ceiling too large for a float (its figures are floats).
 
-    One ``Sensing`` drives one manager at a time, and so does a sensor that keeps
-    what a manager feeds it or runs a task for it (one that overrides
-    ``dial_reported`` or ``run``, as :class:`DialHealth` and :class:`LoopLag`
-    do), whichever ``Sensing`` carries it: opening a second manager with either
-    while the first is open is a ``ConfigError``. A sensor that only samples
-    may serve several.
+    One ``Sensing`` drives one manager at a time, and so does each of its
+    sensors, whichever ``Sensing`` carries it: opening a second manager with
+    either while the first is open is a ``ConfigError``. A sensor class that
+    only reads the machine as it samples says so with ``keeps_state = False``
+    (as :class:`FileDescriptors` and :class:`Memory` do) and may serve several.
 
     Args:
         sensors: The :class:`Sensor` objects (unique names; at least one).
@@ -728,7 +727,7 @@ class Sensing:
         """Take this Sensing and its sensors that keep state (after :meth:`_check`,
         with nothing awaited since), until :meth:`_release`."""
         self._claimed = True
-        self._claimed_sensors = {id(s) for s in self.sensors if _keeps_state(s)}
+        self._claimed_sensors = {id(s) for s in self.sensors if type(s).keeps_state is not False}
         _SENSORS_IN_USE.update(self._claimed_sensors)
 
     def _release(self) -> None:
@@ -753,7 +752,7 @@ class Sensing:
                 f"create one Sensing per manager"
             )
         for sensor in self.sensors:
-            if _keeps_state(sensor) and id(sensor) in _SENSORS_IN_USE:
+            if type(sensor).keeps_state is not False and id(sensor) in _SENSORS_IN_USE:
                 # A DialHealth would mix both managers' dials, two LoopLag
                 # tasks would clear each other's history.
                 raise ConfigError(
