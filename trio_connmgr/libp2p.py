@@ -172,11 +172,11 @@ async def _abort(conn: INetConn) -> None:
 @attrs.define(eq=False)
 class _Dial:
     """A dial in flight: when it started, when its connection arrived, whether
-    every address failed."""
+    it ended without one (every address failed, or it was cancelled first)."""
 
     started: float
     connected: float | None = None
-    failed: bool = False
+    fruitless: bool = False
 
 
 @final
@@ -484,7 +484,8 @@ class Attachment:
             # negative cache is not looked at again): that dial is reported,
             # without a latency (when it began is not known). It failed if this
             # call fails; it succeeded if this call succeeds after the dial it
-            # waited for failed (known when that dial is one of ours).
+            # waited for ended without a connection (failed, or was cancelled
+            # first: known when that dial is one of ours).
             waited_for = list(self._dials.get(peer_id, ()))
             try:
                 result = await original(peer_id)
@@ -492,7 +493,7 @@ class Attachment:
                 if not self.closed:
                     self._manager.report_dial(peer_id, ok=False)
                 raise
-            if waited_for and all(d.failed for d in waited_for) and not self.closed:
+            if waited_for and all(d.fruitless for d in waited_for) and not self.closed:
                 self._manager.report_dial(peer_id, ok=True)
             return result
         dial = _Dial(trio.current_time())
@@ -502,11 +503,16 @@ class Attachment:
         except SwarmDialAllFailedError:
             # Every address was tried and failed. (Other errors dial nothing: no
             # known address, all filtered out, the local connection cap.)
-            dial.failed = True
+            dial.fruitless = True
             if not self.closed:
                 self._manager.report_dial(
                     peer_id, ok=False, latency=trio.current_time() - dial.started
                 )
+            raise
+        except BaseException:
+            # Cancelled (not reported), or an error that dialled nothing: a call
+            # waiting for this dial dials again itself unless a connection came.
+            dial.fruitless = dial.connected is None
             raise
         finally:
             dials = self._dials[peer_id]
@@ -595,6 +601,7 @@ async def attach(host: IHost, manager: ConnectionManager) -> AsyncIterator[Attac
         connection or stream.
 
     Raises:
+        ManagerClosed: ``manager`` is closed (nothing is changed).
         ConfigError: ``manager`` is not a ConnectionManager, the host is not
             running (or its ``host.run()`` has ended), is already attached, or
             its ``ConnectionConfig`` would fight the manager:
@@ -616,6 +623,7 @@ async def attach(host: IHost, manager: ConnectionManager) -> AsyncIterator[Attac
     if getattr(swarm, "_trio_connmgr_attachment", None) is not None:
         raise ConfigError("this py-libp2p host is already attached to a connection manager")
     _check_settings(swarm, manager)
+    manager._check_open()
 
     pruner: Any = getattr(swarm, "connection_pruner", None)
     connector: Any = getattr(swarm, "auto_connector", None)

@@ -417,7 +417,9 @@ async def _handle(
     try:
         with trio.move_on_after(REQUEST_DEADLINE) as reading:
             buffer = b""
-            while b"\r\n\r\n" not in buffer and len(buffer) <= MAX_REQUEST_BYTES:
+            # A head within the limit ends by MAX_REQUEST_BYTES + 4 bytes, its blank
+            # line included (which may arrive in pieces after the limit).
+            while b"\r\n\r\n" not in buffer and len(buffer) < MAX_REQUEST_BYTES + 4:
                 data = await stream.receive_some(4096)
                 if not data:
                     return

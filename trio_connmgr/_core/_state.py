@@ -408,7 +408,8 @@ class State:
         self.streams_closed = 0
         self.refusals: dict[str, int] = {}
         # Called with every connection that stops being counted (admission's
-        # per-subnet counts are released here).
+        # per-subnet counts are released here, and a round being planned lists
+        # the connections that close meanwhile).
         self.close_hooks: list[Callable[[Connection], None]] = []
         # The message a closing connection's scopes are cancelled with, by close
         # reason or prune phase (built once, not per connection).
