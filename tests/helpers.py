@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
 
 import trio_connmgr as cm
+from trio_connmgr.sensing import FakeSensor, Sensing
 from trio_connmgr.triggers import Trigger
 
 
@@ -20,6 +22,19 @@ def drain(receiver: cm.EventReceiver) -> list[cm.Event]:
             out.append(receiver.receive_nowait())
         except trio.WouldBlock:
             return out
+
+
+def open_sensed_manager(
+    fake: FakeSensor, *, decrease: float
+) -> AbstractAsyncContextManager[cm.ConnectionManager]:
+    """A manager at Limits(10, 20), no grace period, a 60 s silence period, and
+    ``fake`` sampled every 5 s (pressure multiplies the share by ``decrease``)."""
+    return cm.open_connection_manager(
+        limits=cm.Limits(10, 20),
+        grace_period=0,
+        silence_period=60,
+        sensing=Sensing([fake], interval=5.0, decrease=decrease),
+    )
 
 
 class DialRecorder(Trigger):

@@ -9,6 +9,7 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
+from helpers import open_sensed_manager
 from test_regulator import ChunkedRound
 
 import trio_connmgr as cm
@@ -27,12 +28,7 @@ async def test_sensing_pressure_runs_a_round_within_the_silence_period(
     # makes the next round an emergency: it runs then, not at t=60.
     fake = FakeSensor()
     async with (
-        cm.open_connection_manager(
-            limits=cm.Limits(10, 20),
-            grace_period=0,
-            silence_period=60,
-            sensing=Sensing([fake], interval=5.0, decrease=0.9),
-        ) as mgr,
+        open_sensed_manager(fake, decrease=0.9) as mgr,
         record_rounds(mgr) as rounds,
     ):
         for i in range(25):

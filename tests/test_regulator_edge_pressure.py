@@ -5,9 +5,9 @@ from __future__ import annotations
 import trio
 import trio.lowlevel
 import trio.testing
+from helpers import open_sensed_manager
 
-import trio_connmgr as cm
-from trio_connmgr.sensing import FakeSensor, Sensing
+from trio_connmgr.sensing import FakeSensor
 from trio_connmgr.testing import record_rounds
 
 
@@ -19,12 +19,7 @@ async def test_lifting_a_protection_under_pressure_below_high_runs_a_round_at_on
     # them prunable, and the next round runs then, not a silence period later.
     fake = FakeSensor()
     async with (
-        cm.open_connection_manager(
-            limits=cm.Limits(10, 20),
-            grace_period=0,
-            silence_period=60,
-            sensing=Sensing([fake], interval=5.0, decrease=0.9),
-        ) as mgr,
+        open_sensed_manager(fake, decrease=0.9) as mgr,
         record_rounds(mgr) as rounds,
     ):
         mgr.protect("kept", "test")

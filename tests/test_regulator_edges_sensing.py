@@ -7,6 +7,7 @@ from __future__ import annotations
 import trio
 import trio.lowlevel
 import trio.testing
+from helpers import open_sensed_manager
 
 import trio_connmgr as cm
 from trio_connmgr.sensing import FakeSensor, Sensing
@@ -23,12 +24,7 @@ async def test_a_share_shrinking_after_a_round_left_short_lets_the_next_one_run(
     # without waiting out the 60 s that a round left short otherwise waits.
     fake = FakeSensor()
     async with (
-        cm.open_connection_manager(
-            limits=cm.Limits(10, 20),
-            grace_period=0,
-            silence_period=60,
-            sensing=Sensing([fake], interval=5.0, decrease=0.5),
-        ) as mgr,
+        open_sensed_manager(fake, decrease=0.5) as mgr,
         mgr.enroll("p", quota=cm.Quota.share(1.0, 1.0)) as p,
         record_rounds(mgr) as rounds,
     ):
